@@ -1,0 +1,79 @@
+// swift-tools-version:6.1
+// VhostUserBlk: a vhost-user-blk backend. Module layering (dependencies point down only):
+//   CVhostLinux ← VhostSystem ← GuestMemory ← Virtqueue
+//   VhostSystem ← VhostUserProtocol ← VhostUserBackend
+//   VhostSystem ← BlockIO
+//   Virtqueue + BlockIO ← VirtioBlk
+//   VhostUserBackend + VirtioBlk ← VhostUserBlk ← vhost-user-blk (executable)
+// See ARCHITECTURE.md for why each boundary sits where it does.
+import PackageDescription
+
+let package = Package(
+    name: "VhostUserBlk",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "vhost-user-blk", targets: ["vhost-user-blk"]),
+        .library(name: "VhostUserBlk", targets: ["VhostUserBlk"]),
+        .library(name: "VhostUserTesting", targets: ["VhostUserTesting"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // C only for what Swift cannot import: macros (CMSG_*, CPU_SET, ioctl numbers), _GNU_SOURCE
+        // APIs and explicit memory-order atomics on shared memory. No logic.
+        .target(
+            name: "CVhostLinux",
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [.linkedLibrary("aio"), .linkedLibrary("numa")]
+        ),
+        .target(name: "VhostSystem", dependencies: ["CVhostLinux"]),
+        .target(name: "GuestMemory", dependencies: ["VhostSystem", "CVhostLinux"]),
+        .target(name: "Virtqueue", dependencies: ["GuestMemory", "CVhostLinux"]),
+        .target(name: "VhostUserProtocol", dependencies: ["VhostSystem"]),
+        .target(
+            name: "VhostUserBackend",
+            dependencies: [
+                "VhostUserProtocol", "GuestMemory", "Virtqueue", "VhostSystem",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(name: "BlockIO", dependencies: ["VhostSystem", "CVhostLinux"]),
+        .target(name: "VirtioBlk", dependencies: ["Virtqueue", "GuestMemory", "BlockIO"]),
+        .target(
+            name: "VhostUserBlk",
+            dependencies: [
+                "VhostUserBackend", "VirtioBlk", "BlockIO", "VhostSystem",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "vhost-user-blk",
+            dependencies: [
+                "VhostUserBlk", "BlockIO", "VhostSystem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Shipped test doubles: a vhost-user frontend (the QEMU side) with a driver-side virtqueue.
+        .target(
+            name: "VhostUserTesting",
+            dependencies: ["VhostUserProtocol", "VhostSystem", "CVhostLinux"]
+        ),
+        .testTarget(name: "VhostSystemTests", dependencies: ["VhostSystem"]),
+        .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory", "VhostSystem"]),
+        .testTarget(name: "VirtqueueTests", dependencies: ["Virtqueue", "GuestMemory", "VhostSystem"]),
+        .testTarget(name: "VhostUserProtocolTests", dependencies: ["VhostUserProtocol", "VhostSystem"]),
+        .testTarget(name: "BlockIOTests", dependencies: ["BlockIO", "VhostSystem"]),
+        .testTarget(name: "VirtioBlkTests", dependencies: ["VirtioBlk", "Virtqueue", "GuestMemory", "BlockIO", "VhostSystem"]),
+        .testTarget(
+            name: "VhostUserBackendTests",
+            dependencies: ["VhostUserBackend", "VhostUserProtocol", "VhostSystem", "VhostUserTesting"]
+        ),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["VhostUserTesting", "VhostUserProtocol", "VhostSystem"]
+        ),
+    ]
+)

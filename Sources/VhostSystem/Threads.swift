@@ -1,0 +1,98 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CVhostLinux
+
+/// A dedicated pthread: virtqueue workers busy-poll, so they must never run on Swift's cooperative
+/// pool, where a spinning task would starve every other task.
+public final class PinnedThread: @unchecked Sendable {
+    private var thread: pthread_t
+    public let name: String
+    private var joined = false
+
+    private final class Box {
+        let name: String
+        let cpu: Int?
+        let body: () -> Void
+        init(name: String, cpu: Int?, body: @escaping () -> Void) {
+            self.name = name
+            self.cpu = cpu
+            self.body = body
+        }
+    }
+
+    /// Starts `body` on a new thread named `name`, pinned to `cpu` when given. A failed pin is not
+    /// fatal (the CPU may have gone offline or be outside our cgroup); `pinError` reports it.
+    public init(name: String, cpu: Int?, body: @escaping () -> Void) throws {
+        self.name = name
+        let box = Unmanaged.passRetained(Box(name: name, cpu: cpu, body: body))
+        var t = pthread_t()
+        let r = pthread_create(&t, nil, { arg in
+            let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+            _ = cvh_set_thread_name(box.name)
+            if let cpu = box.cpu { _ = cvh_pin_current_thread(Int32(cpu)) }
+            box.body()
+            return nil
+        }, box.toOpaque())
+        if r != 0 {
+            box.release()
+            throw SystemError("pthread_create", errno: r, context: name)
+        }
+        thread = t
+    }
+
+    public func join() {
+        guard !joined else { return }
+        joined = true
+        pthread_join(thread, nil)
+    }
+}
+
+public enum CPUTopology {
+    public static var onlineCPUCount: Int { Int(cvh_online_cpus()) }
+
+    /// CPUs this process may run on (its affinity mask), in ascending order.
+    public static func allowedCPUs() -> [Int] {
+        // CPU_SETSIZE (1024) ids: the most a cpu_set_t can describe.
+        var buf = [Int32](repeating: 0, count: 1024)
+        let n = buf.withUnsafeMutableBufferPointer { cvh_allowed_cpus($0.baseAddress, Int32($0.count)) }
+        guard n > 0 else { return Array(0..<onlineCPUCount) }
+        return buf.prefix(Int(n)).map(Int.init)
+    }
+
+    /// CPUs of a NUMA node through libnuma, or nil when NUMA is unavailable or the node is unknown.
+    public static func cpus(ofNUMANode node: Int) -> [Int]? {
+        guard node >= 0, cvh_numa_available() >= 0 else { return nil }
+        // 4096: more CPUs than any node of a machine this runs on has (the kernel's NR_CPUS default
+        // on x86_64 Debian is 8192 system-wide; a node holds far fewer).
+        var buf = [Int32](repeating: 0, count: 4096)
+        let n = buf.withUnsafeMutableBufferPointer { cvh_numa_cpus_of_node(Int32(node), $0.baseAddress, Int32($0.count)) }
+        guard n > 0 else { return nil }
+        return buf.prefix(Int(n)).map(Int.init)
+    }
+
+    public static var currentCPU: Int { Int(cvh_current_cpu()) }
+}
+
+/// Parses a CPU list in the kernel's format ("0-3,8,10-11").
+public func parseCPUList(_ text: String) -> [Int]? {
+    var cpus: [Int] = []
+    for part in text.split(separator: ",", omittingEmptySubsequences: false) {
+        let bounds = part.split(separator: "-", omittingEmptySubsequences: false)
+        guard bounds.count == 1 || bounds.count == 2,
+              let lo = Int(bounds[0].trimmingCharacters(in: " ")), lo >= 0 else { return nil }
+        let hi = bounds.count == 2 ? Int(bounds[1].trimmingCharacters(in: " ")) : lo
+        guard let hi, hi >= lo, hi < 65536 else { return nil }
+        cpus.append(contentsOf: lo...hi)
+    }
+    return cpus.isEmpty ? nil : cpus
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters(in set: Character) -> Substring {
+        var s = self
+        while s.first == set { s = s.dropFirst() }
+        while s.last == set { s = s.dropLast() }
+        return s
+    }
+}
