@@ -1,0 +1,54 @@
+import GuestMemory
+import VhostUserProtocol
+import Virtqueue
+
+/// One virtqueue's request processor, driven by a worker thread. Implemented by the device (e.g.
+/// virtio-blk); knows nothing of vhost-user. `Worker` is generic over it, so calls are specialised.
+public protocol QueueHandler: AnyObject {
+    /// One pass: take new chains when `acceptNew`, submit, reap, publish. Throws when the ring is broken.
+    func poll(acceptNew: Bool) throws(QueueError) -> PassResult
+    /// Arms driver notifications and re-checks the ring; true when the worker may sleep.
+    func prepareToSleep() throws(QueueError) -> Bool
+    /// Suppresses driver notifications again after waking.
+    func stopSleeping()
+    /// Requests handed to storage and not yet completed.
+    var inFlight: Int { get }
+    /// Readable when storage completes a request (nil: storage completes synchronously).
+    var completionEventFD: Int32? { get }
+    /// The ring's position, read after the worker stopped (GET_VRING_BASE).
+    var ring: SplitQueue { get }
+    /// Driver mistakes seen so far and the first reason since the last `clearGuestErrorReason()`.
+    var guestErrors: UInt64 { get }
+    var lastGuestError: String { get }
+    func clearGuestErrorReason()
+}
+
+/// A virtio device served over vhost-user: what it offers and how it makes queue processors.
+public protocol VhostUserDevice: AnyObject {
+    associatedtype Queue: QueueHandler
+
+    /// Virtio feature bits offered in GET_FEATURES (device, ring and VERSION_1 bits).
+    var features: VirtioFeatures { get }
+    /// vhost-user protocol features offered in GET_PROTOCOL_FEATURES.
+    var protocolFeatures: ProtocolFeatures { get }
+    /// Queues offered in GET_QUEUE_NUM; queue indices from the front-end must be below it.
+    var queueCount: Int { get }
+    /// The largest ring the device accepts in SET_VRING_NUM.
+    var maxQueueSize: UInt16 { get }
+    /// Config space bytes [offset, offset+size), or nil when the window is outside the config space.
+    func readConfig(offset: Int, size: Int) -> [UInt8]?
+    /// A processor for queue `index` over a mapped ring, with the features the driver acknowledged.
+    func makeQueue(index: Int, ring: SplitQueue, memory: GuestMemoryMap, features: VirtioFeatures) throws -> Queue
+    /// How the worker of queue `index` runs: its CPU (nil = unpinned) and idle window before sleeping.
+    func workerPolicy(queue index: Int) -> WorkerPolicy
+}
+
+public struct WorkerPolicy: Sendable {
+    public var cpu: Int?
+    /// Busy-poll this long after the last work before arming notifications and sleeping; nil never sleeps.
+    public var pollWindowNanoseconds: UInt64?
+    public init(cpu: Int?, pollWindowNanoseconds: UInt64?) {
+        self.cpu = cpu
+        self.pollWindowNanoseconds = pollWindowNanoseconds
+    }
+}

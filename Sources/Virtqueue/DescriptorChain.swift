@@ -1,0 +1,133 @@
+import GuestMemory
+
+/// Why one request's descriptor chain is unusable. The request fails (virtio-blk: IOERR); the queue
+/// keeps running.
+public enum ChainError: Error, Equatable, CustomStringConvertible {
+    case loop
+    case nextOutOfRange(UInt16)
+    case nestedIndirect
+    case indirectWithNext
+    case indirectTableLength(UInt32)
+    case indirectNotAtHead
+    case addressOutsideMemory(GuestAddress, UInt32)
+    case readableAfterWritable
+    case tooManySegments
+
+    public var description: String {
+        switch self {
+        case .loop: "descriptor chain longer than the queue (a loop)"
+        case .nextOutOfRange(let n): "next index \(n) out of range"
+        case .nestedIndirect: "indirect descriptor inside an indirect table"
+        case .indirectWithNext: "descriptor has both INDIRECT and NEXT"
+        case .indirectTableLength(let l): "indirect table length \(l) is not a non-zero multiple of 16"
+        case .indirectNotAtHead: "indirect descriptor after the head of a chain"
+        case .addressOutsideMemory(let a, let l): "buffer \(a)+\(l) outside guest memory"
+        case .readableAfterWritable: "device-readable descriptor after a device-writable one"
+        case .tooManySegments: "more buffer segments than the device handles"
+        }
+    }
+}
+
+/// One translated buffer piece of a chain.
+public struct Segment {
+    public var host: UnsafeMutableRawPointer
+    public var length: UInt32
+    public var writable: Bool
+    @inlinable public init(host: UnsafeMutableRawPointer, length: UInt32, writable: Bool) {
+        self.host = host
+        self.length = length
+        self.writable = writable
+    }
+}
+
+/// Preallocated storage for one chain's segments, reused for every request on a queue so the walk
+/// allocates nothing.
+public struct SegmentBuffer {
+    public let capacity: Int
+    public let base: UnsafeMutablePointer<Segment>
+    public var count: Int = 0
+    /// Segments before this index are device-readable, the rest device-writable.
+    public var firstWritable: Int = 0
+
+    public init(capacity: Int) {
+        self.capacity = capacity
+        base = .allocate(capacity: capacity)
+    }
+
+    public func deallocate() { base.deallocate() }
+
+    @inlinable
+    public subscript(i: Int) -> Segment {
+        get { base[i] }
+        nonmutating set { base[i] = newValue }
+    }
+}
+
+extension SplitQueue {
+    /// Walks the chain that starts at `head`, translating every buffer to host memory into `out`.
+    /// Enforces virtio 1.2 §2.7.5: a chain is no longer than the queue (so a loop is caught), `next`
+    /// stays inside its table, an indirect table is a non-zero multiple of 16 bytes, holds no further
+    /// indirect descriptor, and is only referenced from the head without NEXT; device-readable buffers
+    /// precede device-writable ones; every buffer lies inside guest memory (a buffer that crosses into an
+    /// adjacent region becomes two segments).
+    @inlinable
+    public func walkChain(head: UInt16, memory: GuestMemoryView, into out: inout SegmentBuffer) throws(ChainError) {
+        out.count = 0
+        out.firstWritable = 0
+        var sawWritable = false
+
+        var d = descriptor(head)
+        var table = desc
+        var tableSize = size
+        var budget = Int(size) // descriptors we may still visit before calling it a loop
+        if d.flags & Descriptor.flagIndirect != 0 {
+            guard d.flags & Descriptor.flagNext == 0 else { throw .indirectWithNext }
+            guard d.length > 0, d.length % 16 == 0 else { throw .indirectTableLength(d.length) }
+            let entries = d.length / 16
+            // An indirect table can hold at most as many descriptors as a u16 `next` can name.
+            guard entries <= 65536 else { throw .indirectTableLength(d.length) }
+            guard let t = memory.translate(GuestAddress(d.address), length: UInt64(d.length)) else {
+                throw .addressOutsideMemory(GuestAddress(d.address), d.length)
+            }
+            table = t
+            tableSize = UInt16(truncatingIfNeeded: entries) // 65536 → 0 never happens: checked below
+            guard entries <= UInt32(UInt16.max) else { throw .indirectTableLength(d.length) }
+            budget = Int(entries)
+            d = Descriptor(at: table)
+        }
+        let indirect = table != desc
+
+        while true {
+            budget -= 1
+            guard budget >= 0 else { throw .loop }
+            if d.flags & Descriptor.flagIndirect != 0 { throw indirect ? .nestedIndirect : .indirectNotAtHead }
+            let writable = d.flags & Descriptor.flagWrite != 0
+            if writable {
+                if !sawWritable { out.firstWritable = out.count; sawWritable = true }
+            } else if sawWritable {
+                throw .readableAfterWritable
+            }
+            // Translate, splitting across adjacent regions if needed.
+            var gpa = d.address
+            var remaining = UInt64(d.length)
+            if remaining == 0 {
+                // Zero-length buffers carry nothing; skip them but still validate the chain's shape.
+            }
+            while remaining > 0 {
+                guard let (host, n) = memory.translatePrefix(GuestAddress(gpa), length: remaining),
+                      gpa.addingReportingOverflow(n).overflow == false else {
+                    throw .addressOutsideMemory(GuestAddress(d.address), d.length)
+                }
+                guard out.count < out.capacity else { throw .tooManySegments }
+                out[out.count] = Segment(host: host, length: UInt32(n), writable: writable)
+                out.count += 1
+                gpa += n
+                remaining -= n
+            }
+            guard d.flags & Descriptor.flagNext != 0 else { break }
+            guard d.next < tableSize else { throw .nextOutOfRange(d.next) }
+            d = Descriptor(at: table + 16 * Int(d.next))
+        }
+        if !sawWritable { out.firstWritable = out.count }
+    }
+}
