@@ -1,0 +1,41 @@
+/// Completes every request at once with success, touching no memory (reads leave the buffers as they
+/// are). For measuring the virtio and vhost-user path alone.
+///
+/// Everything the caller uses per request is `@inlinable`: this engine exists to measure the cost
+/// of everything but the I/O, so a cross-module call per request would distort what it measures;
+/// inlined into the specialised worker, enqueue is one store into the completion ring.
+///
+/// Used by one thread at a time (its worker); `@unchecked Sendable` only so it can be handed to it.
+public final class NullEngine: BlockEngine, @unchecked Sendable {
+    public let capacity: Int
+    @usableFromInline var completions: CompletionRing
+
+    public init(depth: Int) throws(BlockIOError) {
+        try validateDepth(depth, engine: "null")
+        capacity = depth
+        completions = CompletionRing(capacity: depth)
+    }
+
+    deinit { completions.deallocate() }
+
+    /// Every request is complete from enqueue on, so those in flight are those not yet reaped.
+    @inlinable
+    public var inFlight: Int { completions.count }
+
+    @inlinable
+    public func enqueue(_ request: BlockRequest) {
+        completions.push(BlockCompletion(tag: request.tag, result: 0))
+    }
+
+    @inlinable
+    public func submit() {}
+
+    @inlinable
+    public func reap(into buffer: UnsafeMutableBufferPointer<BlockCompletion>) -> Int {
+        completions.drain(into: buffer, from: 0)
+    }
+
+    /// nil: every request is complete by the time `submit()` returns.
+    @inlinable
+    public var completionEventFD: Int32? { nil }
+}
