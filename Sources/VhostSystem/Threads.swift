@@ -96,3 +96,9 @@ extension Substring {
         return s
     }
 }
+
+/// Process environment without Foundation.
+public enum ProcessEnvironment {
+    public static func value(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+    public static var pid: Int32 { getpid() }
+}

@@ -13,7 +13,9 @@ import Virtqueue
 /// per-request state lives in buffers allocated once in `init`: one slot per descriptor head (a head
 /// cannot be in flight twice), with room for its iovecs.
 public final class BlkQueue<E: BlockEngine> {
-    public private(set) var ring: SplitQueue
+    /// Mutated only by the queue's worker (through `poll`); public so the specialised hot path can be
+    /// inlined into the module that picks the engine.
+    public var ring: SplitQueue
     public let engine: E
     public let params: BlkQueueParams
     /// Keeps the mapping alive while requests point into it; `view` is the ARC-free handle.
@@ -24,21 +26,26 @@ public final class BlkQueue<E: BlockEngine> {
     public static var iovecsPerSlot: Int { Int(BlkConfig.segMax) + 2 }
 
     @usableFromInline struct Slot {
-        var status: UnsafeMutablePointer<UInt8>?
-        var usedLength: UInt32
-        var busy: Bool
+        @usableFromInline var status: UnsafeMutablePointer<UInt8>?
+        @usableFromInline var usedLength: UInt32
+        @usableFromInline var busy: Bool
+        @usableFromInline init(status: UnsafeMutablePointer<UInt8>?, usedLength: UInt32, busy: Bool) {
+            self.status = status
+            self.usedLength = usedLength
+            self.busy = busy
+        }
     }
 
     @usableFromInline let slots: UnsafeMutablePointer<Slot>
     @usableFromInline let iovecs: UnsafeMutablePointer<iovec>
     @usableFromInline var segments: SegmentBuffer
     @usableFromInline let completions: UnsafeMutableBufferPointer<BlockCompletion>
-    public private(set) var inFlight = 0
+    public var inFlight = 0
 
     /// Requests that failed because of the driver (bad chain or bad request), and the last reason.
     /// Read by the worker for rate-limited logging; written only here.
-    public private(set) var guestErrors: UInt64 = 0
-    public private(set) var lastGuestError: String = ""
+    public var guestErrors: UInt64 = 0
+    public var lastGuestError: String = ""
 
     public init(ring: SplitQueue, memory: GuestMemoryMap, engine: E, params: BlkQueueParams) {
         self.ring = ring

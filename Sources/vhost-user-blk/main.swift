@@ -1,1 +1,124 @@
-print("x")
+import ArgumentParser
+import BlockIO
+import Logging
+import VhostSystem
+import VhostUserBlk
+
+/// The executable only turns arguments into a validated DaemonConfiguration and runs it.
+struct VhostUserBlkCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vhost-user-blk",
+        abstract: "Serve a raw file or block device to a QEMU guest as a vhost-user-blk disk.",
+        discussion: """
+            QEMU: -object memory-backend-memfd,id=mem,size=1G,share=on -machine memory-backend=mem \\
+                  -chardev socket,id=c0,path=SOCK -device vhost-user-blk-pci,chardev=c0,num-queues=N
+            Logs go to stderr. SIGTERM/SIGINT drain in-flight I/O, remove the socket and exit 0.
+            """)
+
+    @Option(help: "Unix socket path to listen on (created mode 0600).")
+    var socket: String?
+
+    @Option(name: .customLong("listen-fd"), help: "Use an inherited listening socket fd instead of --socket (libvirt, systemd LISTEN_FDS).")
+    var listenFD: Int32?
+
+    @Option(help: "Raw image file or block device (NVMe namespace, LVM LV).")
+    var backing: String?
+
+    @Option(help: "Size (bytes, or K/M/G/T): creates a missing --backing file; the size of null/memory stores.")
+    var size: String?
+
+    @Flag(help: "Fully allocate a file created with --size (thick) instead of sparse (thin).")
+    var preallocate = false
+
+    @Option(help: "Number of virtqueues offered.")
+    var queues: Int = 1
+
+    @Option(name: .customLong("queue-size"), help: "Largest virtqueue size accepted (power of two ≤ 1024).")
+    var queueSize: Int = 1024
+
+    @Option(help: "CPUs for the queue workers, e.g. 2-3,6 (default: the backing device's NUMA node, else all).")
+    var cpus: String?
+
+    @Flag(name: .customLong("read-only"), help: "Offer VIRTIO_BLK_F_RO and reject writes.")
+    var readOnly = false
+
+    @Option(help: "I/O engine: aio (libaio, O_DIRECT), null (completes at once), memory (RAM disk).")
+    var engine: String = "aio"
+
+    @Option(help: "Serial returned by GET_ID (≤ 20 bytes; default derived from the backing path).")
+    var serial: String?
+
+    @Option(name: .customLong("block-size"), help: "Logical block size the guest sees: 512 or 4096.")
+    var blockSize: UInt32?
+
+    @Option(name: .customLong("poll-us"), help: "Busy-poll window in µs before a queue sleeps (0 = never sleep).")
+    var pollUS: Int = 50
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func makeConfiguration() throws -> DaemonConfiguration {
+        let listen: DaemonConfiguration.Listen
+        switch (socket, listenFD) {
+        case (let p?, nil): listen = .path(p)
+        case (nil, let fd?):
+            guard fd >= 0 else { throw ValidationError("--listen-fd: must be ≥ 0") }
+            listen = .inheritedFD(fd)
+        case (nil, nil):
+            // systemd socket activation: LISTEN_PID names us and LISTEN_FDS counts fds from 3 (SD_LISTEN_FDS_START).
+            if let pid = ProcessEnvironment.value("LISTEN_PID"), Int32(pid) == ProcessEnvironment.pid,
+               let n = ProcessEnvironment.value("LISTEN_FDS"), (Int(n) ?? 0) >= 1 {
+                listen = .inheritedFD(3)
+            } else {
+                throw ValidationError("--socket: required (or --listen-fd, or systemd LISTEN_FDS)")
+            }
+        case (_?, _?): throw ValidationError("--socket and --listen-fd: give only one")
+        }
+        guard let kind = EngineKind(rawValue: engine) else {
+            throw ValidationError("--engine: must be one of \(EngineKind.allCases.map(\.rawValue).joined(separator: ", ")), got \(engine)")
+        }
+        var createSize: UInt64?
+        if let s = size {
+            guard let v = parseSize(s), v > 0 else { throw ValidationError("--size: not a size: \(s)") }
+            createSize = v
+        }
+        guard let queueSize16 = UInt16(exactly: queueSize) else { throw ValidationError("--queue-size: must be a power of two in 1...1024, got \(queueSize)") }
+        var c = DaemonConfiguration(
+            listen: listen,
+            backing: BackingOptions(path: backing, readOnly: readOnly, createSize: createSize, preallocate: preallocate,
+                                    blockSize: blockSize, engine: kind))
+        c.queues = queues
+        c.maxQueueSize = queueSize16
+        c.serial = serial
+        c.pollMicroseconds = pollUS
+        if let list = cpus {
+            guard let parsed = parseCPUList(list) else { throw ValidationError("--cpus: not a CPU list: \(list)") }
+            c.cpus = parsed
+        }
+        do {
+            try c.validate()
+        } catch {
+            throw ValidationError(error.description)
+        }
+        return c
+    }
+
+    func run() throws {
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level \(logLevel)") }
+        let config = try makeConfiguration()
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "vhost-user-blk")
+        do {
+            try Daemon.run(config, logger: logger)
+        } catch {
+            logger.critical("cannot start: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+VhostUserBlkCommand.main()

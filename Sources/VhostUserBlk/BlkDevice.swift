@@ -1,0 +1,74 @@
+import BlockIO
+import GuestMemory
+import VhostUserBackend
+import VhostUserProtocol
+import VirtioBlk
+import Virtqueue
+
+extension BlkQueue: QueueHandler {}
+
+/// A virtio-blk device over a backing store, served through vhost-user. Generic over the engine so
+/// each queue's processor is specialised for it; the daemon picks the engine once, at start-up.
+public final class VirtioBlkDevice<E: BlockEngine>: VhostUserDevice {
+    public typealias Queue = BlkQueue<E>
+
+    public let store: BackingStore
+    public let configuration: DaemonConfiguration
+    let makeEngine: (Int) throws -> E
+    let cpus: [Int]
+    public let features: VirtioFeatures
+    public let protocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots]
+    public let config: BlkConfig
+    let serial: String
+
+    /// `makeEngine(depth)` builds one engine per queue start (never per request).
+    public init(store: BackingStore, configuration: DaemonConfiguration, cpus: [Int], makeEngine: @escaping (Int) throws -> E) {
+        self.store = store
+        self.configuration = configuration
+        self.cpus = cpus
+        self.makeEngine = makeEngine
+        var blk = BlkFeature.sizeMax | BlkFeature.segMax | BlkFeature.blkSize | BlkFeature.topology
+            | BlkFeature.flush | BlkFeature.mq
+        if store.readOnly { blk |= BlkFeature.readOnly }
+        // Discard and write-zeroes change data: never offered on a read-only disk.
+        if store.supportsDiscard && !store.readOnly { blk |= BlkFeature.discard }
+        if store.supportsWriteZeroes && !store.readOnly { blk |= BlkFeature.writeZeroes }
+        features = VirtioFeatures(rawValue: blk).union([.version1, .ringIndirectDesc, .ringEventIdx, .protocolFeatures])
+        config = BlkConfig(
+            capacitySectors: store.capacityBytes / BlkConfig.sectorSize,
+            blockSize: store.logicalBlockSize,
+            physicalBlockSize: max(store.physicalBlockSize, store.logicalBlockSize),
+            numQueues: UInt16(configuration.queues),
+            writeback: true,
+            discard: blk & BlkFeature.discard != 0,
+            writeZeroes: blk & BlkFeature.writeZeroes != 0,
+            writeZeroesMayUnmap: blk & BlkFeature.writeZeroes != 0 && store.supportsDiscard)
+        serial = configuration.serial ?? DaemonConfiguration.defaultSerial(for: store.path, engine: store.engineKind)
+    }
+
+    public var queueCount: Int { configuration.queues }
+    public var maxQueueSize: UInt16 { configuration.maxQueueSize }
+
+    public func readConfig(offset: Int, size: Int) -> [UInt8]? {
+        // QEMU asks for at most 256 bytes (VHOST_USER_MAX_CONFIG_SIZE); fields past ours read as zero.
+        guard offset >= 0, size >= 0, offset + size <= ProtocolLimits.maxConfigSize else { return nil }
+        var space = config.encoded
+        space += [UInt8](repeating: 0, count: ProtocolLimits.maxConfigSize - space.count)
+        return Array(space[offset..<offset + size])
+    }
+
+    public func makeQueue(index: Int, ring: SplitQueue, memory: GuestMemoryMap, features acked: VirtioFeatures) throws -> BlkQueue<E> {
+        let f = acked.rawValue
+        let params = BlkQueueParams(
+            capacitySectors: config.capacitySectors, blockSize: config.blockSize, readOnly: store.readOnly,
+            flush: f & BlkFeature.flush != 0, discard: f & BlkFeature.discard != 0,
+            writeZeroes: f & BlkFeature.writeZeroes != 0, writeZeroesMayUnmap: config.writeZeroesMayUnmap,
+            serial: serial)
+        return BlkQueue(ring: ring, memory: memory, engine: try makeEngine(Int(ring.size)), params: params)
+    }
+
+    public func workerPolicy(queue index: Int) -> WorkerPolicy {
+        let window: UInt64? = configuration.pollMicroseconds == 0 ? nil : UInt64(configuration.pollMicroseconds) * 1000
+        return WorkerPolicy(cpu: cpus.isEmpty ? nil : cpus[index % cpus.count], pollWindowNanoseconds: window)
+    }
+}
