@@ -62,14 +62,20 @@ let package = Package(
             dependencies: ["VhostUserProtocol", "VhostSystem", "CVhostLinux"]
         ),
         .testTarget(name: "VhostSystemTests", dependencies: ["VhostSystem"]),
-        .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory", "VhostSystem"]),
-        .testTarget(name: "VirtqueueTests", dependencies: ["Virtqueue", "GuestMemory", "VhostSystem"]),
+        .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory", "VhostSystem", "VhostUserTesting"]),
+        .testTarget(name: "VirtqueueTests", dependencies: ["Virtqueue", "GuestMemory", "VhostSystem", "VhostUserTesting"]),
         .testTarget(name: "VhostUserProtocolTests", dependencies: ["VhostUserProtocol", "VhostSystem"]),
         .testTarget(name: "BlockIOTests", dependencies: ["BlockIO", "VhostSystem"]),
-        .testTarget(name: "VirtioBlkTests", dependencies: ["VirtioBlk", "Virtqueue", "GuestMemory", "BlockIO", "VhostSystem"]),
+        .testTarget(
+            name: "VirtioBlkTests",
+            dependencies: ["VirtioBlk", "Virtqueue", "GuestMemory", "BlockIO", "VhostSystem", "VhostUserTesting"]
+        ),
         .testTarget(
             name: "VhostUserBackendTests",
-            dependencies: ["VhostUserBackend", "VhostUserProtocol", "VhostSystem", "VhostUserTesting"]
+            dependencies: [
+                "VhostUserBackend", "VhostUserProtocol", "VhostSystem", "VhostUserTesting", "GuestMemory", "Virtqueue",
+                "VhostUserBlk", "VirtioBlk", "BlockIO",
+            ]
         ),
         .testTarget(
             name: "IntegrationTests",
