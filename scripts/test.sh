@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# test.sh: the project's whole test suite, from a fresh Debian 12 machine.
+#   1. installs what is missing (scripts/setup.sh)
+#   2. unit, protocol, hostile-input and daemon integration tests (swift test)
+#   3. end-to-end: a Linux guest in QEMU 7.2 (TCG) on our socket with 1 and 2 queues, checking
+#      capacity, queues, serial, mkfs/fsck, discard, write-zeroes, flush, fio crc32c verify, hugepage
+#      guest memory, then a daemon restart and a read-back of data written before it (scripts/e2e.sh).
+# Exit status 0 only if everything passed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+
+bash scripts/setup.sh
+
+echo "== swift test"
+# Parallel: the suites share nothing but the machine (each test has its own temp dir and socket).
+swift test --parallel 2>&1 | tee .build/swift-test.log
+grep -Eq "Test run with [0-9]+ tests? (in [0-9]+ suites? )?passed" .build/swift-test.log \
+    || { echo "swift test did not report a passing run"; exit 1; }
+
+echo "== end-to-end guest tests"
+bash scripts/guest/build-artifacts.sh
+BACKEND=ours DAEMON=.build/debug/vhost-user-blk bash scripts/e2e.sh
