@@ -79,6 +79,15 @@ public final class UnixSocket: @unchecked Sendable {
         return accepting != 0 && type == Int32(SOCK_STREAM.rawValue)
     }
 
+    /// Bounds every blocking send and receive: a peer that stops mid-message (or stops reading our
+    /// replies) makes the call fail with EAGAIN after `seconds` instead of blocking the caller forever.
+    public func setTimeouts(seconds: Int) throws {
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+        let len = socklen_t(MemoryLayout<timeval>.size)
+        if setsockopt(fd.rawValue, SOL_SOCKET, SO_RCVTIMEO, &tv, len) < 0 { throw SystemError.current("setsockopt(SO_RCVTIMEO)") }
+        if setsockopt(fd.rawValue, SOL_SOCKET, SO_SNDTIMEO, &tv, len) < 0 { throw SystemError.current("setsockopt(SO_SNDTIMEO)") }
+    }
+
     public func accept() throws -> UnixSocket {
         let raw = cvh_accept_cloexec(fd.rawValue)
         if raw < 0 { throw SystemError("accept", errno: -raw) }

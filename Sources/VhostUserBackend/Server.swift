@@ -11,6 +11,11 @@ public final class VhostUserServer<D: VhostUserDevice> {
     let logger: Logger
     let stopEvent: EventFD
 
+    /// Once a message has started arriving, the rest must follow within this time (QEMU writes each
+    /// message with one sendmsg); a front-end that stalls mid-message is dropped rather than allowed to
+    /// block the control thread, and with it SIGTERM handling.
+    static var messageTimeoutSeconds: Int { 5 }
+
     public init(listener: UnixSocket, device: D, logger: Logger) throws {
         self.listener = listener
         self.device = device
@@ -35,6 +40,12 @@ public final class VhostUserServer<D: VhostUserDevice> {
                 continue
             }
             logger.info("front-end connected")
+            do {
+                try conn.setTimeouts(seconds: Self.messageTimeoutSeconds)
+            } catch {
+                logger.error("dropping the front-end: \(error)")
+                continue
+            }
             if serve(conn) == .stopRequested { return }
         }
     }

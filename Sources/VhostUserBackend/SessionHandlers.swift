@@ -76,6 +76,9 @@ extension Session {
             try channel.reply(to: raw.request, payload: VringState(index: s.index, num: UInt32(vrings[i].base)).encoded)
             return false
         case .setVringKick(let index, let fd):
+            // The worker drains the kick eventfd after every wake-up, including wake-ups for other
+            // reasons; on a blocking fd with a zero count that read would never return.
+            try fd?.setNonBlocking(true)
             try updateQueue(Int(index)) {
                 $0.kick = fd
                 $0.started = true
