@@ -19,6 +19,9 @@ import VhostSystem
 /// a negative result is that errno. A write to a read-only store fails with -EBADF from the
 /// kernel (the fd is O_RDONLY).
 ///
+/// On a buffered store (no O_DIRECT) the kernel does libaio reads and writes inside io_submit, so
+/// `submit()` blocks for them; their completions are still reaped (and signalled) as usual.
+///
 /// Every buffer is allocated in init: per request there is no allocation, lock, retain or
 /// existential. The class is `final` and its per-request methods are plain (not `@inlinable`):
 /// a caller specialised on `AioEngine` calls them directly, and one function call is noise beside the

@@ -32,14 +32,14 @@ import VhostSystem
             b.fill(seed: UInt8(i))
             return b
         }
-        let writes = sources.map { IovecList([($0.base, 4096), ($0.base + 4096, 8192), ($0.base + 12288, 4096)]) }
+        let writes = sources.map { IovecList([($0, 0, 4096), ($0, 4096, 8192), ($0, 12288, 4096)]) }
         let writeRequests = (0..<count).map { writes[$0].request(tag: UInt32(100 + $0), .write, offset: UInt64($0) * 65536) }
         let written = try run(engine, writeRequests)
         #expect(written.values.allSatisfy { $0 == 0 })
         #expect(Set(written.keys) == Set((0..<count).map { UInt32(100 + $0) }))
 
         let sinks = (0..<count).map { _ in AlignedBuffer(count: 16384) }
-        let reads = sinks.map { IovecList([($0.base, 8192), ($0.base + 8192, 4096), ($0.base + 12288, 4096)]) }
+        let reads = sinks.map { IovecList([($0, 0, 8192), ($0, 8192, 4096), ($0, 12288, 4096)]) }
         let readRequests = (0..<count).map { reads[$0].request(tag: UInt32($0), .read, offset: UInt64($0) * 65536) }
         #expect(try run(engine, readRequests).values.allSatisfy { $0 == 0 })
         for i in 0..<count {
@@ -55,7 +55,7 @@ import VhostSystem
         let data = AlignedBuffer(count: 64 * 512)
         data.fill(seed: 3)
         // 64 segments of one 512-byte sector each, in reverse memory order.
-        let list = IovecList((0..<64).map { (data.base + (63 - $0) * 512, 512) })
+        let list = IovecList((0..<64).map { (data, (63 - $0) * 512, 512) })
         #expect(try runOne(engine, list.request(tag: 1, .write, offset: 1 << 20)) == 0)
         var expected: [UInt8] = []
         for i in 0..<64 { expected += data.bytes((63 - i) * 512 ..< (64 - i) * 512) }
@@ -69,27 +69,27 @@ import VhostSystem
         // Buffers 1 and 8 bytes off alignment, and a segment length that is not a sector multiple.
         let raw = AlignedBuffer(count: 3 << 20)
         raw.fill(seed: 77)
-        let odd = IovecList([(raw.base + 1, 1000), (raw.base + 4096 + 8, 3096)])
+        let odd = IovecList([(raw, 1, 1000), (raw, 4096 + 8, 3096)])
         let request = odd.request(tag: 5, .write, offset: 8192)
-        let bounced = sync.needsBounce(request)
+        let bounced = sync.needsBounce(request.request)
         #expect(bounced)
-        let aligned = IovecList([(raw.base, 4096)])
-        let direct = sync.needsBounce(aligned.request(tag: 6, .write, offset: 8192))
+        let aligned = IovecList([(raw, 0, 4096)])
+        let direct = sync.needsBounce(aligned.request(tag: 6, .write, offset: 8192).request)
         #expect(!direct)
         #expect(try runOne(engine, request) == 0)
         let expected = raw.bytes(1 ..< 1001) + raw.bytes(4104 ..< 7200)
         #expect(preadBytes(f.path, offset: 8192, length: 4096) == expected)
 
         let back = AlignedBuffer(count: 8192)
-        let sink = IovecList([(back.base + 3, 4096)])
+        let sink = IovecList([(back, 3, 4096)])
         #expect(try runOne(engine, sink.request(tag: 7, .read, offset: 8192)) == 0)
         #expect(back.bytes(3 ..< 4099) == expected)
 
         // Larger than the 1 MiB bounce buffer: several chunks.
-        let big = IovecList([(raw.base + 16, (3 << 20) - 512)])
+        let big = IovecList([(raw, 16, (3 << 20) - 512)])
         #expect(try runOne(engine, big.request(tag: 8, .write, offset: 1 << 20)) == 0)
         let bigBack = AlignedBuffer(count: 3 << 20)
-        let bigSink = IovecList([(bigBack.base + 8, (3 << 20) - 512)])
+        let bigSink = IovecList([(bigBack, 8, (3 << 20) - 512)])
         #expect(try runOne(engine, bigSink.request(tag: 9, .read, offset: 1 << 20)) == 0)
         #expect(bigBack.bytes(8 ..< (3 << 20) - 504) == raw.bytes(16 ..< (3 << 20) - 496))
     }
@@ -102,9 +102,9 @@ import VhostSystem
         let data = AlignedBuffer(count: 8192)
         data.fill(seed: 1)
         // Inside one block, then across several blocks with partial first and last blocks.
-        let small = IovecList([(data.base, 100)])
+        let small = IovecList([(data, 0, 100)])
         #expect(try runOne(engine, small.request(tag: 1, .write, offset: 1000)) == 0)
-        let wide = IovecList([(data.base + 100, 5000)])
+        let wide = IovecList([(data, 100, 5000)])
         #expect(try runOne(engine, wide.request(tag: 2, .write, offset: 6000)) == 0)
         var expected = background
         expected.replaceSubrange(1000 ..< 1100, with: data.bytes(0 ..< 100))
@@ -112,7 +112,7 @@ import VhostSystem
         #expect(preadBytes(f.path, offset: 0, length: 16384) == expected)
 
         let back = AlignedBuffer(count: 5000)
-        let sink = IovecList([(back.base, 5000)])
+        let sink = IovecList([(back, 0, 5000)])
         #expect(try runOne(engine, sink.request(tag: 3, .read, offset: 6000)) == 0)
         #expect(back.bytes == data.bytes(100 ..< 5100))
     }
@@ -166,8 +166,8 @@ import VhostSystem
         let f = try Fixture(readOnly: true)
         let engine = try AioEngine(store: f.store, depth: 8)
         let data = AlignedBuffer(count: 4096)
-        let list = IovecList([(data.base, 4096)])
-        let misaligned = IovecList([(data.base + 1, 512)])
+        let list = IovecList([(data, 0, 4096)])
+        let misaligned = IovecList([(data, 1, 512)])
         let results = try run(engine, [
             list.request(tag: 1, .write, offset: 0),
             misaligned.request(tag: 2, .write, offset: 0),
@@ -189,9 +189,9 @@ import VhostSystem
         // The file shrinks under the open store: a read the capacity allows finds end of file.
         #expect(truncate(f.path, 4096) == 0)
         let data = AlignedBuffer(count: 8192)
-        let list = IovecList([(data.base, 8192)])
+        let list = IovecList([(data, 0, 8192)])
         #expect(try runOne(engine, list.request(tag: 1, .read, offset: 0)) == -EIO)
-        let odd = IovecList([(data.base + 1, 8192 - 1)])
+        let odd = IovecList([(data, 1, 8192 - 1)])
         #expect(try runOne(engine, odd.request(tag: 2, .read, offset: 0)) == -EIO)
     }
 
@@ -210,7 +210,7 @@ import VhostSystem
         let f = try Fixture()
         let engine = try AioEngine(store: f.store, depth: 2)
         let data = AlignedBuffer(count: 4096)
-        let list = IovecList([(data.base, 4096)])
+        let list = IovecList([(data, 0, 4096)])
         for pass in 0..<50 {
             data.fill(seed: UInt8(pass))
             let results = try run(engine, [

@@ -210,10 +210,10 @@ import VhostSystem
         let engine = try AioEngine(store: store, depth: 4)
         let data = AlignedBuffer(count: 8192)
         data.fill(seed: 9)
-        let out = IovecList([(data.base, 8192)])
+        let out = IovecList([(data, 0, 8192)])
         #expect(try runOne(engine, out.request(tag: 1, .write, offset: 4096)) == 0)
         let back = AlignedBuffer(count: 8192)
-        let inp = IovecList([(back.base, 8192)])
+        let inp = IovecList([(back, 0, 8192)])
         #expect(try runOne(engine, inp.request(tag: 2, .read, offset: 4096)) == 0)
         #expect(back.bytes == data.bytes)
     }

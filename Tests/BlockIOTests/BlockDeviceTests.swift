@@ -93,15 +93,15 @@ struct BlockDeviceTests {
         let engine = try AioEngine(store: store, depth: 8)
         let data = AlignedBuffer(count: 64 << 10)
         data.fill(seed: 5)
-        let aligned = IovecList([(data.base, 32 << 10), (data.base + (32 << 10), 32 << 10)])
+        let aligned = IovecList([(data, 0, 32 << 10), (data, (32 << 10), 32 << 10)])
         #expect(try runOne(engine, aligned.request(tag: 1, .write, offset: 1 << 20)) == 0)
         let back = AlignedBuffer(count: 64 << 10)
-        let sink = IovecList([(back.base, 64 << 10)])
+        let sink = IovecList([(back, 0, 64 << 10)])
         #expect(try runOne(engine, sink.request(tag: 2, .read, offset: 1 << 20)) == 0)
         #expect(back.bytes == data.bytes)
 
         // 512-byte sectors on a 4 KiB-sector device: read-modify-write through the bounce buffer.
-        let sector = IovecList([(data.base + 512, 512)])
+        let sector = IovecList([(data, 512, 512)])
         #expect(try runOne(engine, sector.request(tag: 3, .write, offset: (1 << 20) + 512)) == 0)
         #expect(try runOne(engine, sink.request(tag: 4, .read, offset: 1 << 20)) == 0)
         var expected = data.bytes

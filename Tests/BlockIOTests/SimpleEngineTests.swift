@@ -11,10 +11,10 @@ import Testing
         #expect(writer.completionEventFD == nil)
         let data = AlignedBuffer(count: 10000)
         data.fill(seed: 42)
-        let out = IovecList([(data.base + 1, 3000), (data.base + 3001, 6999)])
+        let out = IovecList([(data, 1, 3000), (data, 3001, 6999)])
         #expect(try runOne(writer, out.request(tag: 1, .write, offset: 12345)) == 0)
         let back = AlignedBuffer(count: 9999)
-        let inp = IovecList([(back.base, 5000), (back.base + 5000, 4999)])
+        let inp = IovecList([(back, 0, 5000), (back, 5000, 4999)])
         #expect(try runOne(reader, inp.request(tag: 2, .read, offset: 12345)) == 0)
         #expect(back.bytes == data.bytes(1 ..< 10000))
         #expect(try runOne(reader, BlockRequest(tag: 3, operation: .flush, offset: 0, length: 0)) == 0)
@@ -26,7 +26,7 @@ import Testing
         let engine = try MemoryEngine(store: store, depth: 4)
         let data = AlignedBuffer(count: 64 << 10)
         data.clear(to: 0x77)
-        let list = IovecList([(data.base, 64 << 10)])
+        let list = IovecList([(data, 0, 64 << 10)])
         #expect(try runOne(engine, list.request(tag: 1, .write, offset: 0)) == 0)
         // Unaligned to pages at both ends: whole pages are released, the edges cleared.
         #expect(try runOne(engine, BlockRequest(tag: 2, operation: operation, offset: 1000, length: 20000)) == 0)
@@ -42,7 +42,7 @@ import Testing
         let store = try openStore(BackingOptions(createSize: 1 << 20, engine: .memory))
         let engine = try MemoryEngine(store: store, depth: 4)
         let data = AlignedBuffer(count: 4096)
-        let list = IovecList([(data.base, 4096)])
+        let list = IovecList([(data, 0, 4096)])
         let results = try run(engine, [
             list.request(tag: 1, .read, offset: (1 << 20) - 512),
             list.request(tag: 2, .write, offset: UInt64.max - 100),
@@ -68,8 +68,8 @@ import Testing
         #expect(engine.completionEventFD == nil)
         let data = AlignedBuffer(count: 4096)
         data.clear(to: 0x3C)
-        let list = IovecList([(data.base, 4096)])
-        for tag in UInt32(0)..<4 { engine.enqueue(list.request(tag: tag, tag % 2 == 0 ? .read : .write, offset: 0)) }
+        let list = IovecList([(data, 0, 4096)])
+        for tag in UInt32(0)..<4 { engine.enqueue(list.request(tag: tag, tag % 2 == 0 ? .read : .write, offset: 0).request) }
         #expect(engine.inFlight == 4)
         engine.submit()
         var out = [BlockCompletion](repeating: BlockCompletion(tag: 99, result: 99), count: 3)

@@ -13,7 +13,7 @@ final class TempDir {
         var template = Array("\(parent)/blockio-test-XXXXXX".utf8CString)
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         guard made != nil else { throw SystemError.current("mkdtemp", context: parent) }
-        path = String(cString: template)
+        path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     func file(_ name: String) -> String { "\(path)/\(name)" }
@@ -58,24 +58,48 @@ final class AlignedBuffer {
     func bytes(_ range: Range<Int>) -> [UInt8] { Array(UnsafeRawBufferPointer(start: base + range.lowerBound, count: range.count)) }
 }
 
-/// iovec arrays that outlive the requests pointing at them.
+/// An iovec array over test buffers. It holds the buffers, and each request made from it holds the
+/// list, so the memory a request points into lives as long as the request value: in an optimised
+/// build an object is freed right after its last use, which would otherwise be before the engine
+/// touches the pointers.
 final class IovecList {
     let pointer: UnsafeMutablePointer<iovec>
     let count: Int
+    let buffers: [AlignedBuffer]
 
-    init(_ segments: [(UnsafeMutableRawPointer, Int)]) {
+    /// Segments as (buffer, byte offset into it, length).
+    init(_ segments: [(AlignedBuffer, Int, Int)]) {
         count = segments.count
+        buffers = segments.map { $0.0 }
         pointer = .allocate(capacity: max(count, 1))
-        for (i, s) in segments.enumerated() { (pointer + i).initialize(to: iovec(iov_base: s.0, iov_len: s.1)) }
+        for (i, s) in segments.enumerated() {
+            precondition(s.1 + s.2 <= s.0.count)
+            (pointer + i).initialize(to: iovec(iov_base: s.0.base + s.1, iov_len: s.2))
+        }
     }
 
     deinit { pointer.deallocate() }
 
-    func request(tag: UInt32, _ operation: BlockOperation, offset: UInt64) -> BlockRequest {
+    func request(tag: UInt32, _ operation: BlockOperation, offset: UInt64) -> PreparedRequest {
         let length = (0..<count).reduce(0) { $0 + UInt64(pointer[$1].iov_len) }
-        return BlockRequest(tag: tag, operation: operation, offset: offset, length: length,
-                            iovecs: pointer, iovecCount: Int32(count))
+        return PreparedRequest(request: BlockRequest(tag: tag, operation: operation, offset: offset, length: length,
+                                                     iovecs: pointer, iovecCount: Int32(count)),
+                               owner: self)
     }
+}
+
+/// Something `run` can enqueue: a plain request, or one with the buffers it points into.
+protocol RequestSource {
+    var request: BlockRequest { get }
+}
+
+extension BlockRequest: RequestSource {
+    var request: BlockRequest { self }
+}
+
+struct PreparedRequest: RequestSource {
+    let request: BlockRequest
+    let owner: IovecList
 }
 
 struct TimedOut: Error {}
@@ -83,8 +107,8 @@ struct TimedOut: Error {}
 /// Enqueues `requests`, submits them with one call and collects every completion, waiting on the
 /// engine's completion eventfd (never a fixed sleep) when nothing is ready. Returns tag → result.
 @discardableResult
-func run<E: BlockEngine>(_ engine: E, _ requests: [BlockRequest]) throws -> [UInt32: Int32] {
-    for r in requests { engine.enqueue(r) }
+func run<E: BlockEngine>(_ engine: E, _ requests: [any RequestSource]) throws -> [UInt32: Int32] {
+    for r in requests { engine.enqueue(r.request) }
     #expect(engine.inFlight == requests.count)
     engine.submit()
     var results: [UInt32: Int32] = [:]
@@ -111,8 +135,8 @@ func run<E: BlockEngine>(_ engine: E, _ requests: [BlockRequest]) throws -> [UIn
 }
 
 /// Runs one request and returns its result.
-func runOne<E: BlockEngine>(_ engine: E, _ request: BlockRequest) throws -> Int32 {
-    try run(engine, [request])[request.tag] ?? Int32.min
+func runOne<E: BlockEngine>(_ engine: E, _ source: any RequestSource) throws -> Int32 {
+    try run(engine, [source])[source.request.tag] ?? Int32.min
 }
 
 /// Reads `length` bytes at `offset` with plain pread (buffered, independent of the engine).
