@@ -1,0 +1,277 @@
+#!/usr/bin/env bash
+# e2e.sh: end-to-end test of a vhost-user-blk backend with a real Linux guest.
+#
+# For each queue count in QUEUES_LIST, against one 256 MiB sparse raw image:
+#   1. start the backend, wait until its socket accepts connections
+#   2. boot the guest in `full` mode (identity, ext4, raw patterns, discard,
+#      write zeroes, FLUSH, fio verify over all queues, persistence write)
+#   3. stop the backend with SIGTERM: it must exit 0 (and, for ours, remove
+#      its socket)
+#   4. start the backend again on the same image
+#   5. boot the guest in `readback` mode: the persistence region must hash to
+#      what step 2 wrote, i.e. the data survived the backend restart
+#   6. stop the backend again (same checks as 3)
+# and then once more in `full` mode with guest RAM on 2 MiB hugepages (unless
+# MEMORY=hugepages already put every run there, or E2E_HUGEPAGES=0).
+# Ends with "e2e: N passed, M failed"; exit status is non-zero on any failure.
+#
+# Environment:
+#   BACKEND      qsd (qemu-storage-daemon, the reference) or ours (default qsd)
+#   DAEMON       our daemon binary (default .build/release/vhost-user-blk)
+#   QUEUES_LIST  queue counts to test (default "1 2")
+#   MEMORY       guest RAM backing: memfd or hugepages (default memfd); with
+#                hugepages, 2 MiB pages are reserved for the run and released
+#                afterwards (qemu-configs/setup-hugepages.sh)
+#   E2E_HUGEPAGES  1 (default): the extra hugepage run; 0: skip it
+#   EXPECT_SERIAL  serial the guest must see; default "vhost_user_blk" for qsd
+#                (its fixed serial), "vub-e2e-serial" for ours, which gets it
+#                as --serial. Empty: not checked (and not passed).
+#   E2E_TMPDIR   where the image, socket and logs go (default /var/tmp; must
+#                not be tmpfs, which has no O_DIRECT)
+#   E2E_LOGDIR   if set, serial and backend logs are copied there at the end
+#   GUEST_TIMEOUT  seconds per guest boot (default 300)
+#   READY_TIMEOUT, STOP_TIMEOUT  bounds in seconds on backend start-up and
+#                shutdown (default 30 each)
+set -euo pipefail
+
+VTEST_PROG=e2e
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/guest/lib.sh
+source "$ROOT/scripts/guest/lib.sh"
+
+BACKEND=${BACKEND:-qsd}
+DAEMON=${DAEMON:-$ROOT/.build/release/vhost-user-blk}
+QUEUES_LIST=${QUEUES_LIST:-1 2}
+MEMORY=${MEMORY:-memfd}
+GUEST_TIMEOUT=${GUEST_TIMEOUT:-300}
+IMG_MIB=256                         # small: TCG guests are slow, and the tests use < 100 MiB
+CAPACITY_SECTORS=$((IMG_MIB * 2048)) # 2048 512-byte sectors per MiB
+READY_TIMEOUT=${READY_TIMEOUT:-30} # s; a backend needs well under a second to listen
+STOP_TIMEOUT=${STOP_TIMEOUT:-30}   # s; SIGTERM should end a backend in well under a second
+HUGEPAGES=256                       # 2 MiB pages = run-guest.sh's default 512 MiB of guest RAM
+NR_2M=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
+
+case $BACKEND in
+    qsd) EXPECT_SERIAL=${EXPECT_SERIAL-vhost_user_blk} ;;
+    ours) EXPECT_SERIAL=${EXPECT_SERIAL-vub-e2e-serial} ;; # <= 20 bytes (virtio-blk ID size)
+    *) die "BACKEND must be qsd or ours" ;;
+esac
+[[ $MEMORY == memfd || $MEMORY == hugepages ]] || die "MEMORY must be memfd or hugepages"
+
+# ss (iproute2) observes readiness; qemu-system-x86 brings qemu-system-common,
+# which has qemu-storage-daemon.
+ensure_packages iproute2 coreutils qemu-system-x86
+if [[ $BACKEND == qsd ]]; then
+    command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not found"
+else
+    [[ -x $DAEMON ]] || die "daemon $DAEMON not found (swift build -c release?)"
+fi
+
+PASSED=0 FAILED=0
+record() { # record NAME STATUS [DETAIL]
+    if [[ $2 == 0 ]]; then
+        PASSED=$((PASSED + 1))
+        log "PASS $1${3:+ ($3)}"
+    else
+        FAILED=$((FAILED + 1))
+        log "FAIL $1${3:+ ($3)}"
+    fi
+}
+
+WORK=$(mktemp -d "${E2E_TMPDIR:-/var/tmp}/vub-e2e.XXXXXX")
+[[ $(stat -f -c %T "$WORK") != tmpfs ]] || { rm -rf "$WORK"; die "E2E_TMPDIR is tmpfs (no O_DIRECT); pick a disk-backed directory"; }
+SOCK=$WORK/vhost.sock
+# Our own hugepage bookkeeping, so a concurrent user of setup-hugepages.sh
+# (the demo, another test run) is not disturbed by our release.
+export HUGEPAGES_STATE=$WORK/hugepages.state
+IMG=$WORK/disk.img
+BPID=         # running backend
+CPID=         # running run-guest.sh
+HUGE_SETUP=0
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n $CPID ]] && kill -0 "$CPID" 2>/dev/null; then
+        # run-guest.sh kills its QEMU in its own trap.
+        kill -TERM "$CPID" 2>/dev/null || true
+        wait "$CPID" 2>/dev/null || true
+    fi
+    if [[ -n $BPID ]]; then
+        stop_process "$BPID" || true
+    fi
+    if ((HUGE_SETUP)); then
+        "$ROOT/qemu-configs/setup-hugepages.sh" --release || rc=1
+    fi
+    if [[ -n ${E2E_LOGDIR:-} ]]; then
+        # Best effort: failing to save logs must not change the verdict.
+        if mkdir -p "$E2E_LOGDIR"; then cp "$WORK"/*.log "$WORK"/*.out "$E2E_LOGDIR"/ 2>/dev/null || true; fi
+    fi
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# stop_process PID: SIGTERM, wait (bounded), exit status in STOP_STATUS;
+# after STOP_TIMEOUT it is killed with SIGKILL (status 137). Not to be called
+# in $(...): only this shell, the parent, can wait for the process.
+STOP_STATUS=0
+stop_process() {
+    local pid=$1 deadline=$((SECONDS + STOP_TIMEOUT))
+    STOP_STATUS=0
+    kill -TERM "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+        sleep 0.05 # poll interval
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "pid $pid still running ${STOP_TIMEOUT}s after SIGTERM; SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || STOP_STATUS=$?
+}
+
+# True once something listens on SOCK. Checked with ss rather than by
+# connecting: a probe connection would be a real vhost-user session to the
+# backend (which serves one front-end at a time), a side effect the test
+# should not have. A listening socket is exactly "accepts connections".
+listening() { [[ -S $SOCK ]] && ss -xlH src "$SOCK" 2>/dev/null | grep -q LISTEN; }
+
+# start_backend TAG: starts it in the background (BPID), waits until ready.
+start_backend() {
+    local tag=$1 q=$2
+    local blog=$WORK/backend-$tag.log
+    rm -f "$SOCK"
+    case $BACKEND in
+        qsd)
+            # aio=native + cache.direct=on: O_DIRECT like a production setup;
+            # discard=unmap: guest discards punch holes in the image.
+            qemu-storage-daemon \
+                --blockdev "driver=file,node-name=f0,filename=$IMG,aio=native,cache.direct=on,discard=unmap" \
+                --export "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=$SOCK,writable=on,num-queues=$q" \
+                </dev/null >"$blog" 2>&1 &
+            ;;
+        ours)
+            local extra=()
+            [[ -n $EXPECT_SERIAL ]] && extra+=(--serial "$EXPECT_SERIAL")
+            "$DAEMON" --socket "$SOCK" --backing "$IMG" --queues "$q" "${extra[@]}" \
+                </dev/null >"$blog" 2>&1 &
+            ;;
+    esac
+    BPID=$!
+    local deadline=$((SECONDS + READY_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        if ! kill -0 "$BPID" 2>/dev/null; then
+            local st=0
+            wait "$BPID" || st=$?
+            BPID=
+            record "$tag: backend start" 1 "exited with $st before listening: $(tail -n 3 "$blog" | tr '\n' ' ')"
+            return 1
+        fi
+        # Ours promises a "listening" line on stderr once ready: require it too.
+        if listening && { [[ $BACKEND == qsd ]] || grep -q listening "$blog"; }; then
+            record "$tag: backend start" 0 "pid $BPID"
+            return 0
+        fi
+        sleep 0.05 # poll interval, not a guess at readiness
+    done
+    record "$tag: backend start" 1 "not listening after ${READY_TIMEOUT}s"
+    stop_process "$BPID"
+    BPID=
+    return 1
+}
+
+stop_backend() {
+    local tag=$1 st
+    stop_process "$BPID"
+    st=$STOP_STATUS
+    BPID=
+    record "$tag: backend exit status on SIGTERM" "$st" "status $st"
+    if [[ $BACKEND == ours ]]; then
+        local left=0
+        [[ -e $SOCK ]] && left=1
+        record "$tag: socket removed on exit" "$left" "$SOCK"
+    else
+        log "info: socket left behind by qsd: $([[ -e $SOCK ]] && echo yes || echo no)"
+        rm -f "$SOCK"
+    fi
+}
+
+# run_guest TAG ARGS...: run-guest.sh in the background (so signals reach our
+# trap at once); its stdout (results) goes to WORK/guest-TAG.out and is shown
+# afterwards, its progress messages go straight to stderr.
+run_guest() {
+    local tag=$1 st=0
+    shift
+    local out=$WORK/guest-$tag.out
+    "$ROOT/scripts/guest/run-guest.sh" --socket "$SOCK" --memory "$MEMORY" \
+        --timeout "$GUEST_TIMEOUT" --capacity-sectors "$CAPACITY_SECTORS" \
+        ${EXPECT_SERIAL:+--serial "$EXPECT_SERIAL"} --log "$WORK/serial-$tag.log" "$@" \
+        >"$out" &
+    CPID=$!
+    wait "$CPID" || st=$?
+    CPID=
+    sed "s/^/  [$tag] /" "$out" >&2
+    record "$tag: guest" "$st" "$(grep '^run-guest:' "$out" | tail -n 1)"
+    return "$st"
+}
+
+T_START=$SECONDS
+log "backend=$BACKEND queues=[$QUEUES_LIST] memory=$MEMORY workdir=$WORK"
+
+# Build (or reuse) the guest kernel and initramfs up front, so a broken build
+# is reported once rather than by every boot.
+"$ROOT/scripts/guest/build-artifacts.sh" >/dev/null
+
+if [[ $MEMORY == hugepages ]]; then
+    HUGE_SETUP=1
+    "$ROOT/qemu-configs/setup-hugepages.sh" "$HUGEPAGES"
+fi
+
+# Sparse: the backend must cope with holes (reads return zeroes).
+truncate -s "${IMG_MIB}M" "$IMG"
+
+for q in $QUEUES_LIST; do
+    sha=
+    if start_backend "q$q-full" "$q"; then
+        if run_guest "q$q-full" --queues "$q" --mode full; then
+            sha=$(sed -n 's/^persist_sha256=//p' "$WORK/guest-q$q-full.out")
+        fi
+        stop_backend "q$q-full"
+    fi
+    if [[ -z $sha ]]; then
+        record "q$q-readback: skipped, no persistence hash from the full run" 1
+        continue
+    fi
+    if start_backend "q$q-readback" "$q"; then
+        run_guest "q$q-readback" --queues "$q" --mode readback --expect-sha256 "$sha" || true
+        stop_backend "q$q-readback"
+    fi
+done
+
+# Hugepage-backed guest RAM: the backend maps hugetlbfs fds instead of memfd
+# ones (different page size and alignment of the regions it is given).
+if [[ $MEMORY == memfd && ${E2E_HUGEPAGES:-1} == 1 ]]; then
+    q=${QUEUES_LIST##* } # the last (largest) queue count
+    tag=q$q-hugepages
+    huge_before=$(<"$NR_2M")
+    if "$ROOT/qemu-configs/setup-hugepages.sh" "$HUGEPAGES"; then
+        HUGE_SETUP=1
+        if start_backend "$tag" "$q"; then
+            run_guest "$tag" --queues "$q" --mode full --memory hugepages || true
+            stop_backend "$tag"
+        fi
+        HUGE_SETUP=0
+        st=0
+        "$ROOT/qemu-configs/setup-hugepages.sh" --release || st=1
+        [[ $(<"$NR_2M") == "$huge_before" ]] || st=1
+        record "$tag: hugepages released" "$st" "2 MiB pages back to $(<"$NR_2M")"
+    else
+        record "$tag: reserve $HUGEPAGES hugepages" 1
+    fi
+fi
+
+log "elapsed $((SECONDS - T_START))s"
+echo "e2e: $PASSED passed, $FAILED failed"
+((FAILED == 0))
