@@ -234,11 +234,13 @@ public final class BlkDriver: @unchecked Sendable {
         return try wait(t)
     }
 
-    /// Splits `length` bytes of scratch into `segments` buffers (the last takes the remainder), each
-    /// starting `misalign` bytes past a 4 KiB boundary so buffers need not be aligned.
+    /// Splits `length` bytes of scratch into `segments` buffers whose lengths are sector multiples
+    /// where possible (the last takes the remainder), each starting `misalign` bytes past a 4 KiB
+    /// boundary so buffers need not be aligned.
     private func scratchSegments(length: Int, segments: Int, misalign: Int, deviceWritable: Bool) throws -> [BufferSegment] {
         let pieces = max(1, segments)
-        let base = length / pieces
+        let sectorMultiple = (length / pieces) & ~(Self.sectorSize - 1)
+        let base = sectorMultiple > 0 ? sectorMultiple : length / pieces
         // Each piece starts on its own page (+ misalign), so pieces are not contiguous in memory.
         var out: [BufferSegment] = []
         var offset = 0

@@ -3,7 +3,7 @@ import Glibc
 #endif
 import VhostSystem
 
-public enum DaemonError: Error, CustomStringConvertible {
+public enum DaemonProcessError: Error, CustomStringConvertible {
     case binaryNotFound(String)
     case spawnFailed(String, errno: Int32)
     case notReady(timeoutMs: Int, stderr: String)
@@ -28,7 +28,7 @@ public final class TemporaryDirectory: @unchecked Sendable {
     public init(prefix: String = "vhost-itest") throws {
         var template = Array("/var/tmp/\(prefix)-XXXXXX".utf8CString)
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        guard made != nil else { throw DaemonError.system(.current("mkdtemp", context: "/var/tmp")) }
+        guard made != nil else { throw DaemonProcessError.system(.current("mkdtemp", context: "/var/tmp")) }
         path = String(cString: template.map { UInt8(bitPattern: $0) })
     }
 
@@ -159,7 +159,7 @@ final class ChildState: @unchecked Sendable {
 }
 
 /// The daemon binary running as a child process in its own temporary directory, with a unique socket.
-/// Its stderr is collected by a reader thread (and copied to `daemon.stderr` in the directory); its
+/// Its stderr is collected by a reader thread (and copied to `daemon-PID.stderr` in the directory); its
 /// exit is observed without polling. Dropping the object kills the daemon (SIGKILL) if it still runs,
 /// reaps it and removes the directory.
 public final class DaemonProcess: @unchecked Sendable {
@@ -175,16 +175,16 @@ public final class DaemonProcess: @unchecked Sendable {
     public static func binaryPath() throws -> String {
         if let env = getenv("VHOST_USER_BLK_BIN") {
             let p = String(cString: env)
-            guard access(p, X_OK) == 0 else { throw DaemonError.binaryNotFound(p) }
+            guard access(p, X_OK) == 0 else { throw DaemonProcessError.binaryNotFound(p) }
             return p
         }
         var buf = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let n = readlink("/proc/self/exe", &buf, buf.count - 1)
-        guard n > 0 else { throw DaemonError.binaryNotFound("(readlink /proc/self/exe failed)") }
+        guard n > 0 else { throw DaemonProcessError.binaryNotFound("(readlink /proc/self/exe failed)") }
         let exe = String(decoding: buf.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
         let dir = exe.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
         let p = dir + "/vhost-user-blk"
-        guard access(p, X_OK) == 0 else { throw DaemonError.binaryNotFound(p) }
+        guard access(p, X_OK) == 0 else { throw DaemonProcessError.binaryNotFound(p) }
         return p
     }
 
@@ -205,14 +205,16 @@ public final class DaemonProcess: @unchecked Sendable {
         // cannot inherit our end and keep it open.
         let (readSocket, writeSocket) = try Self.wrap { try UnixSocket.pair() }
         let readEnd = readSocket.fd, writeEnd = writeSocket.fd
-        let stdoutFile = try FileDescriptor.open(dir.file("daemon.stdout"), flags: O_WRONLY | O_CREAT | O_TRUNC)
+        // Appended to, not truncated: several daemons may share a directory (e.g. one that must fail
+        // to start on a socket another one serves).
+        let stdoutFile = try FileDescriptor.open(dir.file("daemon.stdout"), flags: O_WRONLY | O_CREAT | O_APPEND)
         // The inherited socket is first duplicated above the range posix_spawn's dup2 targets: dup2
         // onto the same number would leave its close-on-exec flag set.
         var inheritedCopy: FileDescriptor?
         if let inheritedFD {
             // 100: any number above 3 that is not already one of the fds dup2'd into the child.
             let copy = fcntl(inheritedFD, F_DUPFD_CLOEXEC, 100)
-            guard copy >= 0 else { throw DaemonError.system(.current("fcntl(F_DUPFD_CLOEXEC)")) }
+            guard copy >= 0 else { throw DaemonProcessError.system(.current("fcntl(F_DUPFD_CLOEXEC)")) }
             inheritedCopy = FileDescriptor(adopting: copy)
         }
 
@@ -241,21 +243,21 @@ public final class DaemonProcess: @unchecked Sendable {
         defer { for a in cArgs { free(a) } }
         var child: pid_t = 0
         let r = posix_spawn(&child, path, &actions, &attr, cArgs, environ)
-        guard r == 0 else { throw DaemonError.spawnFailed(path, errno: r) }
+        guard r == 0 else { throw DaemonProcessError.spawnFailed(path, errno: r) }
         pid = child
         writeEnd.close()
         stdoutFile.close()
         inheritedCopy?.close()
 
         let state = self.state
-        let logPath = dir.file("daemon.stderr")
+        let logPath = dir.file("daemon-\(child).stderr")
         reader = try PinnedThread(name: "itest-stderr", cpu: nil) {
             Self.collect(readEnd: readEnd, logPath: logPath, pid: child, state: state)
         }
     }
 
     private static func wrap<T>(_ body: () throws -> T) throws -> T {
-        do { return try body() } catch let e as SystemError { throw DaemonError.system(e) }
+        do { return try body() } catch let e as SystemError { throw DaemonProcessError.system(e) }
     }
 
     /// The reader thread: copies stderr until EOF, then reaps the child. The child is reaped under
@@ -304,7 +306,7 @@ public final class DaemonProcess: @unchecked Sendable {
     /// Waits for the "listening on PATH" line the daemon prints once it accepts connections.
     public func waitUntilListening(timeoutMs: Int = 10_000) throws {
         guard waitForOutput(containing: "listening", timeoutMs: timeoutMs) else {
-            throw DaemonError.notReady(timeoutMs: timeoutMs, stderr: stderr)
+            throw DaemonProcessError.notReady(timeoutMs: timeoutMs, stderr: stderr)
         }
     }
 

@@ -56,6 +56,8 @@ public enum Rejection: Sendable, Equatable, CustomStringConvertible {
     case errorReply(UInt64)
     /// A reply with status 0: the back-end accepted what it should have refused.
     case accepted
+    /// A GET_CONFIG reply without config bytes: how the spec says GET_CONFIG fails.
+    case emptyConfigReply
     /// Some other reply (request code, size) — reported for diagnosis.
     case otherReply(request: UInt32, flags: UInt32, size: Int)
     /// Neither a reply nor a close within the timeout.
@@ -66,6 +68,7 @@ public enum Rejection: Sendable, Equatable, CustomStringConvertible {
         case .closed: "connection closed"
         case .errorReply(let s): "error reply \(s)"
         case .accepted: "success reply"
+        case .emptyConfigReply: "GET_CONFIG reply without config bytes"
         case .otherReply(let r, let f, let s): "reply request \(r) flags 0x\(String(f, radix: 16)) size \(s)"
         case .silence: "no reply and no close"
         }
@@ -74,7 +77,7 @@ public enum Rejection: Sendable, Equatable, CustomStringConvertible {
     /// Either outcome the contract allows for a refused control message.
     public var isRefusal: Bool {
         switch self {
-        case .closed, .errorReply: true
+        case .closed, .errorReply, .emptyConfigReply: true
         default: false
         }
     }
@@ -210,6 +213,10 @@ public final class Frontend: @unchecked Sendable {
             return .closed
         }
         guard let reply else { return .closed }
+        if reply.flags == 0x5 && reply.request == FrontendRequest.getConfig.rawValue
+            && reply.payload.count <= ConfigAccess.headerSize {
+            return .emptyConfigReply
+        }
         if reply.flags == 0x5 && reply.payload.count == 8 {
             let status = PayloadReader(reply.payload).u64(at: 0)
             return status == 0 ? .accepted : .errorReply(status)
