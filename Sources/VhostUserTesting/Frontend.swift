@@ -400,7 +400,13 @@ public final class Frontend: @unchecked Sendable {
         }
         if options.callAfterEnable {
             for (q, queue) in made.enumerated() {
-                try send(.setVringCall, payload: PayloadEncoding.u64(UInt64(q)), fds: [queue.callFD.rawValue])
+                // The ring already runs, so until the back-end has switched fds it may signal the
+                // masked one. QEMU forwards a notification pending on the masked eventfd when it
+                // unmasks (virtio-pci's guest_notifier_pending); we do the same, after an
+                // acknowledgement guarantees the switch has happened, so nothing is lost.
+                try send(.setVringCall, payload: PayloadEncoding.u64(UInt64(q)), fds: [queue.callFD.rawValue], needReply: true)
+                if !replyAck { _ = try getU64(.getFeatures) }
+                if q < maskedCallFDs.count, maskedCallFDs[q].drain() > 0 { queue.callFD.signal() }
             }
         }
         maskedCallFDs = []
