@@ -63,28 +63,33 @@ else
     kpkg=$(pick_kernel_pkg)
 fi
 [[ $kpkg =~ ^linux-image-[0-9][A-Za-z0-9.+-]*$ ]] || die "unexpected kernel package name: $kpkg"
-KROOT=$OUTDIR/kernel-$kpkg          # dpkg -x of the package
-
-if [[ ! -d $KROOT/boot ]]; then
-    log "downloading $kpkg"
-    # apt-get download writes into the current directory; the _apt sandbox user
-    # may not be able to write there, which only causes a harmless warning.
-    (cd "$SCRATCH" && apt-get download -q "$kpkg" >&2)
-    debs=("$SCRATCH"/*.deb)
-    ((${#debs[@]} == 1)) || die "expected exactly one .deb, got ${#debs[@]}"
-    mkdir -p "$SCRATCH/kroot"
-    dpkg -x "${debs[0]}" "$SCRATCH/kroot"
-    rm -rf "$KROOT"
-    mv "$SCRATCH/kroot" "$KROOT"
-    # The .deb (about 70 MB) is not needed once unpacked.
-    rm -f "${debs[0]}"
-fi
-
-vmlinuz=$(find "$KROOT/boot" -maxdepth 1 -name 'vmlinuz-*' | head -n 1)
-[[ -n $vmlinuz ]] || die "no vmlinuz in $kpkg"
-KREL=${vmlinuz##*/vmlinuz-}
-MODDIR=$KROOT/lib/modules/$KREL
-[[ -d $MODDIR ]] || die "no modules directory for $KREL"
+# Only the .deb (~70 MB) is kept; it is downloaded and unpacked (~2 s, into
+# the scratch directory) only when something must be rebuilt, instead of
+# keeping the ~400 MB unpacked tree in the cache. Fully cached runs need
+# neither the network nor the .deb.
+DEB=$OUTDIR/$kpkg.deb
+KROOT=
+unpack_kernel() { # sets KROOT, vmlinuz, KREL, MODDIR; does the work once
+    [[ -n $KROOT ]] && return 0
+    if [[ ! -s $DEB ]]; then
+        log "downloading $kpkg"
+        # apt-get download writes into the current directory; the _apt
+        # sandbox user may not be able to write there: a harmless warning.
+        (cd "$SCRATCH" && apt-get download -q "$kpkg" >&2)
+        local debs=("$SCRATCH"/*.deb)
+        ((${#debs[@]} == 1)) || die "expected exactly one .deb, got ${#debs[@]}"
+        # A different kernel replaces the old one (and any older cache layout).
+        rm -rf "$OUTDIR"/linux-image-*.deb "$OUTDIR"/kernel-linux-image-*
+        mv "${debs[0]}" "$DEB"
+    fi
+    KROOT=$SCRATCH/kroot
+    dpkg -x "$DEB" "$KROOT"
+    vmlinuz=$(find "$KROOT/boot" -maxdepth 1 -name 'vmlinuz-*' | head -n 1)
+    [[ -n $vmlinuz ]] || die "no vmlinuz in $kpkg"
+    KREL=${vmlinuz##*/vmlinuz-}
+    MODDIR=$KROOT/lib/modules/$KREL
+    [[ -d $MODDIR ]] || die "no modules directory for $KREL"
+}
 
 ###############################################################################
 # 2. vmlinux from the bzImage.
@@ -158,7 +163,9 @@ extract_vmlinux() { # extract_vmlinux BZIMAGE OUT
     echo "$comp" >"$OUTDIR/kernel.compression"
 }
 
-if [[ ! -s $OUTDIR/vmlinux || ! -s $OUTDIR/kernel.pkg || $(<"$OUTDIR/kernel.pkg") != "$kpkg" ]]; then
+if [[ ! -s $OUTDIR/vmlinux || ! -s $OUTDIR/kernel.release || ! -s $OUTDIR/kernel.pkg ||
+    $(<"$OUTDIR/kernel.pkg") != "$kpkg" ]]; then
+    unpack_kernel
     extract_vmlinux "$vmlinuz" "$SCRATCH/vmlinux"
     mv "$SCRATCH/vmlinux" "$OUTDIR/vmlinux"
     echo "$KREL" >"$OUTDIR/kernel.release"
@@ -168,6 +175,7 @@ if [[ ! -s $OUTDIR/vmlinux || ! -s $OUTDIR/kernel.pkg || $(<"$OUTDIR/kernel.pkg"
 else
     log "cached: vmlinux from $kpkg"
 fi
+KREL=$(<"$OUTDIR/kernel.release")
 
 ###############################################################################
 # 3. initramfs.
@@ -206,6 +214,7 @@ if [[ -s $OUTDIR/initramfs.cpio.gz && -s $OUTDIR/initramfs.stamp &&
     exit 0
 fi
 
+unpack_kernel
 IRD=$SCRATCH/initramfs
 mkdir -p "$IRD"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,tmp,mnt,run,lib/modules}
 
