@@ -11,8 +11,12 @@
 #   5. boot the guest in `readback` mode: the persistence region must hash to
 #      what step 2 wrote, i.e. the data survived the backend restart
 #   6. stop the backend again (same checks as 3)
-# and then once more in `full` mode with guest RAM on 2 MiB hugepages (unless
-# MEMORY=hugepages already put every run there, or E2E_HUGEPAGES=0).
+# then, with the largest queue count:
+#   - a backend restart while a `full` guest runs (QEMU reconnect=1): the
+#     guest's remaining checks must pass on the new process (E2E_RECONNECT=0
+#     skips it)
+#   - `full` mode with guest RAM on 2 MiB hugepages (unless MEMORY=hugepages
+#     already put every run there, or E2E_HUGEPAGES=0).
 # Ends with "e2e: N passed, M failed"; exit status is non-zero on any failure.
 #
 # Environment:
@@ -23,6 +27,7 @@
 #                hugepages, 2 MiB pages are reserved for the run and released
 #                afterwards (qemu-configs/setup-hugepages.sh)
 #   E2E_HUGEPAGES  1 (default): the extra hugepage run; 0: skip it
+#   E2E_RECONNECT  1 (default): the restart-under-a-running-guest run; 0: skip
 #   EXPECT_SERIAL  serial the guest must see; default "vhost_user_blk" for qsd
 #                (its fixed serial), "vub-e2e-serial" for ours, which gets it
 #                as --serial. Empty: not checked (and not passed).
@@ -198,23 +203,45 @@ stop_backend() {
     fi
 }
 
-# run_guest TAG ARGS...: run-guest.sh in the background (so signals reach our
-# trap at once); its stdout (results) goes to WORK/guest-TAG.out and is shown
-# afterwards, its progress messages go straight to stderr.
-run_guest() {
-    local tag=$1 st=0
+# guest_start TAG ARGS...: run-guest.sh in the background (CPID), so signals
+# reach our trap at once and the caller can act while the guest runs. Its
+# stdout (results) goes to WORK/guest-TAG.out, the serial log to
+# WORK/serial-TAG.log, its progress messages straight to stderr.
+guest_start() {
+    local tag=$1
     shift
-    local out=$WORK/guest-$tag.out
     "$ROOT/scripts/guest/run-guest.sh" --socket "$SOCK" --memory "$MEMORY" \
         --timeout "$GUEST_TIMEOUT" --capacity-sectors "$CAPACITY_SECTORS" \
         ${EXPECT_SERIAL:+--serial "$EXPECT_SERIAL"} --log "$WORK/serial-$tag.log" "$@" \
-        >"$out" &
+        >"$WORK/guest-$tag.out" &
     CPID=$!
+}
+
+# guest_finish TAG: waits for it, shows and records the result.
+guest_finish() {
+    local tag=$1 st=0 out=$WORK/guest-$1.out
     wait "$CPID" || st=$?
     CPID=
     sed "s/^/  [$tag] /" "$out" >&2
     record "$tag: guest" "$st" "$(grep '^run-guest:' "$out" | tail -n 1)"
     return "$st"
+}
+
+run_guest() { # run_guest TAG ARGS...
+    guest_start "$@"
+    guest_finish "$1"
+}
+
+# guest_wait_for TAG REGEX: true once the guest's serial log has a line
+# matching REGEX; false if the guest ends first (run-guest.sh enforces the
+# time limit, so this wait is bounded too).
+guest_wait_for() {
+    local log=$WORK/serial-$1.log
+    while kill -0 "$CPID" 2>/dev/null; do
+        grep -aq "$2" "$log" 2>/dev/null && return 0
+        sleep 0.05 # poll interval
+    done
+    return 1
 }
 
 T_START=$SECONDS
@@ -249,6 +276,29 @@ for q in $QUEUES_LIST; do
         stop_backend "q$q-readback"
     fi
 done
+
+# Backend restart under a running guest: QEMU (reconnect=1) reconnects, the
+# guest's I/O stalls for the gap and then completes on the new process. The
+# restart happens once the guest has finished the ext4 checks, i.e. during the
+# raw, discard, flush and fio steps that follow; all of them must pass.
+if [[ ${E2E_RECONNECT:-1} == 1 ]]; then
+    q=${QUEUES_LIST##* }
+    tag=q$q-reconnect
+    if start_backend "$tag" "$q"; then
+        guest_start "$tag" --queues "$q" --mode full --reconnect 1
+        if guest_wait_for "$tag" '^VTEST-RESULT ext4-verify'; then
+            stop_backend "$tag-1st"
+            if ! start_backend "$tag-2nd" "$q"; then
+                # Without a backend the guest would only hit its time limit.
+                kill -TERM "$CPID" 2>/dev/null || true
+            fi
+        else
+            record "$tag: guest reached the restart point" 1
+        fi
+        guest_finish "$tag" || true
+        if [[ -n $BPID ]]; then stop_backend "$tag-2nd"; fi
+    fi
+fi
 
 # Hugepage-backed guest RAM: the backend maps hugetlbfs fds instead of memfd
 # ones (different page size and alignment of the regions it is given).

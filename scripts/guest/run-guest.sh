@@ -6,7 +6,10 @@
 #                [--capacity-sectors N] [--serial S] [--expect-sha256 H]
 #                [--memory memfd|hugepages] [--mem-size 512M] [--smp 2]
 #                [--timeout 300] [--log FILE] [--artifacts DIR]
-#                [--accel tcg|kvm] [--device-opts OPTS]
+#                [--accel tcg|kvm] [--device-opts OPTS] [--reconnect SECS]
+#
+# --reconnect SECS: QEMU retries the socket every SECS seconds when the backend
+# goes away, so the backend can be restarted under the running guest.
 #
 # The backend must already listen on SOCK: QEMU 7.2 connects once, at start-up.
 # The guest (scripts/guest/init.sh) runs the tests and powers off; this script
@@ -32,7 +35,7 @@ MEMORY=memfd
 MEM_SIZE=512M   # guest RAM: ~90 MiB unpacked initramfs + test files in tmpfs, with room to spare
 SMP=2           # two vCPUs so that two queues are both driven (one per CPU)
 TIMEOUT=300     # seconds; a full run takes ~1 min under TCG, so this only trips on hangs
-LOG='' ARTDIR=$ROOT/.guest ACCEL=tcg DEVICE_OPTS=''
+LOG='' ARTDIR=$ROOT/.guest ACCEL=tcg DEVICE_OPTS='' RECONNECT=''
 HUGEPAGE_PATH=/dev/hugepages
 
 while (($#)); do
@@ -52,6 +55,7 @@ while (($#)); do
         --accel) ACCEL=$2 ;;
         --device-opts) DEVICE_OPTS=$2 ;;
         --hugepage-path) HUGEPAGE_PATH=$2 ;;
+        --reconnect) RECONNECT=$2 ;;
         -h | --help) usage ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -64,6 +68,7 @@ done
 [[ $SMP =~ ^[1-9][0-9]*$ ]] || die "--smp must be a positive integer"
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "--timeout must be seconds"
 [[ -z $CAPACITY || $CAPACITY =~ ^[0-9]+$ ]] || die "--capacity-sectors must be a number"
+[[ -z $RECONNECT || $RECONNECT =~ ^[1-9][0-9]*$ ]] || die "--reconnect must be seconds"
 [[ -z $EXPECT_SHA || $EXPECT_SHA =~ ^[0-9a-f]{64}$ ]] || die "--expect-sha256 must be 64 hex digits"
 # The kernel command line splits on spaces, and init reads values verbatim.
 [[ $SERIAL != *[[:space:]]* ]] || die "--serial must not contain spaces"
@@ -155,7 +160,7 @@ QEMU_ARGS=(
     "${ACCEL_ARGS[@]}"
     -machine "q35,memory-backend=mem" -smp "$SMP" -m "$MEM_SIZE"
     -object "$MEMOBJ"
-    -chardev "socket,id=c0,path=$SOCK"
+    -chardev "socket,id=c0,path=$SOCK${RECONNECT:+,reconnect=$RECONNECT}"
     -device "$DEVICE"
     -kernel "$VMLINUX" -initrd "$INITRD" -append "$APPEND"
     -chardev "file,id=s0,path=$LOG" -serial chardev:s0
