@@ -15,10 +15,13 @@ extension BlkQueue {
         do {
             try ring.walkChain(head: head, memory: memory, into: &segments)
         } catch {
-            // The chain's shape is unknown, so no byte of it is safe to write: return the head with
-            // length 0 so the driver gets its buffers back.
             noteGuestError("head \(head): \(error)")
-            return completeNow(head: head, status: BlkStatus.ioError, statusPointer: nil, usedLength: 0)
+            // A chain whose every descriptor was walked, but one of whose buffers lies outside guest
+            // memory, still has a known status byte: report IOERR there, so the driver cannot mistake
+            // a stale status for success. When the chain's shape itself is broken (a loop, a bad index)
+            // no byte of it is known to be the status: return the head with length 0.
+            return completeNow(head: head, status: BlkStatus.ioError, statusPointer: segments.lastWritableByte,
+                               usedLength: 1)
         }
         let segs = segments
         // Status: the last byte of the writable part.

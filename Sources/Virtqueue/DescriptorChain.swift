@@ -48,6 +48,10 @@ public struct SegmentBuffer {
     public var count: Int = 0
     /// Segments before this index are device-readable, the rest device-writable.
     public var firstWritable: Int = 0
+    /// The last byte of the chain's last non-empty device-writable buffer, when the whole chain was
+    /// walked and that buffer lies in guest memory — even if another buffer did not (then the walk
+    /// throws `.addressOutsideMemory`, and the caller can still report the error in this byte).
+    public var lastWritableByte: UnsafeMutablePointer<UInt8>?
 
     public init(capacity: Int) {
         self.capacity = capacity
@@ -74,7 +78,12 @@ extension SplitQueue {
     public func walkChain(head: UInt16, memory: GuestMemoryView, into out: inout SegmentBuffer) throws(ChainError) {
         out.count = 0
         out.firstWritable = 0
+        out.lastWritableByte = nil
         var sawWritable = false
+        var lastWritable: UnsafeMutablePointer<UInt8>?
+        // A buffer outside guest memory fails the request, but the walk goes on to the end so the
+        // chain's shape is still checked and its status byte can still be found.
+        var badAddress: ChainError?
 
         var d = descriptor(head)
         var table = desc
@@ -85,13 +94,12 @@ extension SplitQueue {
             guard d.length > 0, d.length % 16 == 0 else { throw .indirectTableLength(d.length) }
             let entries = d.length / 16
             // An indirect table can hold at most as many descriptors as a u16 `next` can name.
-            guard entries <= 65536 else { throw .indirectTableLength(d.length) }
+            guard entries <= UInt32(UInt16.max) else { throw .indirectTableLength(d.length) }
             guard let t = memory.translate(GuestAddress(d.address), length: UInt64(d.length)) else {
                 throw .addressOutsideMemory(GuestAddress(d.address), d.length)
             }
             table = t
-            tableSize = UInt16(truncatingIfNeeded: entries) // 65536 → 0 never happens: checked below
-            guard entries <= UInt32(UInt16.max) else { throw .indirectTableLength(d.length) }
+            tableSize = UInt16(entries)
             budget = Int(entries)
             d = Descriptor(at: table)
         }
@@ -107,27 +115,32 @@ extension SplitQueue {
             } else if sawWritable {
                 throw .readableAfterWritable
             }
-            // Translate, splitting across adjacent regions if needed.
+            // Translate, splitting across adjacent regions if needed. Zero-length buffers carry
+            // nothing: they add no segment but still count towards the chain's shape.
             var gpa = d.address
             var remaining = UInt64(d.length)
-            if remaining == 0 {
-                // Zero-length buffers carry nothing; skip them but still validate the chain's shape.
-            }
+            var lastByte: UnsafeMutablePointer<UInt8>?
             while remaining > 0 {
                 guard let (host, n) = memory.translatePrefix(GuestAddress(gpa), length: remaining),
                       gpa.addingReportingOverflow(n).overflow == false else {
-                    throw .addressOutsideMemory(GuestAddress(d.address), d.length)
+                    if badAddress == nil { badAddress = .addressOutsideMemory(GuestAddress(d.address), d.length) }
+                    lastByte = nil
+                    break
                 }
                 guard out.count < out.capacity else { throw .tooManySegments }
                 out[out.count] = Segment(host: host, length: UInt32(n), writable: writable)
                 out.count += 1
                 gpa += n
                 remaining -= n
+                lastByte = (host + Int(n) - 1).assumingMemoryBound(to: UInt8.self)
             }
+            if writable && d.length > 0 { lastWritable = lastByte }
             guard d.flags & Descriptor.flagNext != 0 else { break }
             guard d.next < tableSize else { throw .nextOutOfRange(d.next) }
             d = Descriptor(at: table + 16 * Int(d.next))
         }
         if !sawWritable { out.firstWritable = out.count }
+        out.lastWritableByte = lastWritable
+        if let badAddress { throw badAddress }
     }
 }
