@@ -44,6 +44,57 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/guest/lib.sh
 source "$ROOT/scripts/guest/lib.sh"
 
+# The summary line is printed by the EXIT trap, so every way out of this
+# script (success, failed checks, a setup error, a signal) ends with it and
+# leaves nothing behind.
+PASSED=0 FAILED=0 T_START=$SECONDS
+WORK=''       # temp dir: image, socket, logs
+BPID=''       # running backend
+CPID=''       # running run-guest.sh
+HUGE_SETUP=0  # 1 while hugepages reserved by us
+record() { # record NAME STATUS [DETAIL]
+    if [[ $2 == 0 ]]; then
+        PASSED=$((PASSED + 1))
+        log "PASS $1${3:+ ($3)}"
+    else
+        FAILED=$((FAILED + 1))
+        log "FAIL $1${3:+ ($3)}"
+    fi
+}
+# shellcheck disable=SC2317 # reached through the EXIT trap
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n $CPID ]] && kill -0 "$CPID" 2>/dev/null; then
+        # run-guest.sh kills its QEMU in its own trap.
+        kill -TERM "$CPID" 2>/dev/null || true
+        wait "$CPID" 2>/dev/null || true
+    fi
+    if [[ -n $BPID ]]; then
+        stop_process "$BPID" || true
+    fi
+    if ((HUGE_SETUP)); then
+        "$ROOT/qemu-configs/setup-hugepages.sh" --release || record "hugepages released" 1
+    fi
+    if [[ -n $WORK ]]; then
+        if [[ -n ${E2E_LOGDIR:-} ]] && mkdir -p "$E2E_LOGDIR"; then
+            # Best effort: failing to save logs must not change the verdict.
+            cp "$WORK"/*.log "$WORK"/*.out "$E2E_LOGDIR"/ 2>/dev/null || true
+        fi
+        rm -rf "$WORK"
+    fi
+    # A run cut short (a setup error, a signal) is a failure even if every
+    # check so far passed.
+    ((rc != 0 && FAILED == 0)) && record "run aborted (exit status $rc)" 1
+    log "elapsed $((SECONDS - T_START))s"
+    echo "e2e: $PASSED passed, $FAILED failed"
+    ((FAILED == 0)) && exit 0
+    exit $((rc != 0 ? rc : 1))
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 BACKEND=${BACKEND:-qsd}
 DAEMON=${DAEMON:-$ROOT/.build/release/vhost-user-blk}
 QUEUES_LIST=${QUEUES_LIST:-1 2}
@@ -72,52 +123,14 @@ else
     [[ -x $DAEMON ]] || die "daemon $DAEMON not found (swift build -c release?)"
 fi
 
-PASSED=0 FAILED=0
-record() { # record NAME STATUS [DETAIL]
-    if [[ $2 == 0 ]]; then
-        PASSED=$((PASSED + 1))
-        log "PASS $1${3:+ ($3)}"
-    else
-        FAILED=$((FAILED + 1))
-        log "FAIL $1${3:+ ($3)}"
-    fi
-}
-
 WORK=$(mktemp -d "${E2E_TMPDIR:-/var/tmp}/vub-e2e.XXXXXX")
-[[ $(stat -f -c %T "$WORK") != tmpfs ]] || { rm -rf "$WORK"; die "E2E_TMPDIR is tmpfs (no O_DIRECT); pick a disk-backed directory"; }
+[[ $(stat -f -c %T "$WORK") != tmpfs ]] || die "E2E_TMPDIR is tmpfs (no O_DIRECT); pick a disk-backed directory"
 SOCK=$WORK/vhost.sock
 # Our own hugepage bookkeeping, so a concurrent user of setup-hugepages.sh
 # (the demo, another test run) is not disturbed by our release.
 export HUGEPAGES_STATE=$WORK/hugepages.state
 IMG=$WORK/disk.img
-BPID=         # running backend
-CPID=         # running run-guest.sh
-HUGE_SETUP=0
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    if [[ -n $CPID ]] && kill -0 "$CPID" 2>/dev/null; then
-        # run-guest.sh kills its QEMU in its own trap.
-        kill -TERM "$CPID" 2>/dev/null || true
-        wait "$CPID" 2>/dev/null || true
-    fi
-    if [[ -n $BPID ]]; then
-        stop_process "$BPID" || true
-    fi
-    if ((HUGE_SETUP)); then
-        "$ROOT/qemu-configs/setup-hugepages.sh" --release || rc=1
-    fi
-    if [[ -n ${E2E_LOGDIR:-} ]]; then
-        # Best effort: failing to save logs must not change the verdict.
-        if mkdir -p "$E2E_LOGDIR"; then cp "$WORK"/*.log "$WORK"/*.out "$E2E_LOGDIR"/ 2>/dev/null || true; fi
-    fi
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # stop_process PID: SIGTERM, wait (bounded), exit status in STOP_STATUS;
 # after STOP_TIMEOUT it is killed with SIGKILL (status 137). Not to be called
@@ -244,7 +257,6 @@ guest_wait_for() {
     return 1
 }
 
-T_START=$SECONDS
 log "backend=$BACKEND queues=[$QUEUES_LIST] memory=$MEMORY workdir=$WORK"
 
 # Build (or reuse) the guest kernel and initramfs up front, so a broken build
@@ -322,6 +334,4 @@ if [[ $MEMORY == memfd && ${E2E_HUGEPAGES:-1} == 1 ]]; then
     fi
 fi
 
-log "elapsed $((SECONDS - T_START))s"
-echo "e2e: $PASSED passed, $FAILED failed"
-((FAILED == 0))
+exit 0 # the verdict and summary line come from cleanup
