@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/memfd.h>
 #include <numa.h>
 #include <pthread.h>
 #include <sched.h>
@@ -28,6 +29,10 @@ int cvh_eventfd(unsigned int initval, int nonblock) {
 
 int cvh_memfd_create(const char *name, int allow_sealing) {
     return memfd_create(name, MFD_CLOEXEC | (allow_sealing ? MFD_ALLOW_SEALING : 0));
+}
+
+int cvh_memfd_create_hugetlb(const char *name, int log2_page_size) {
+    return memfd_create(name, MFD_CLOEXEC | MFD_HUGETLB | ((unsigned)log2_page_size << MFD_HUGE_SHIFT));
 }
 
 static void term_set(sigset_t *set) {

@@ -38,8 +38,15 @@ public final class MemoryMapping: @unchecked Sendable {
 }
 
 /// memfd_create + ftruncate: the memory QEMU shares with us, and what our test frontend shares.
-public func makeMemFD(name: String, size: Int, allowSealing: Bool = false) throws -> FileDescriptor {
-    let raw = cvh_memfd_create(name, allowSealing ? 1 : 0)
+/// `hugePageSize` (2 MiB or 1 GiB) puts it on hugetlbfs pages; `size` must then be a multiple of it.
+public func makeMemFD(name: String, size: Int, allowSealing: Bool = false, hugePageSize: Int? = nil) throws -> FileDescriptor {
+    let raw: Int32
+    if let page = hugePageSize {
+        guard page > 0, page & (page - 1) == 0 else { throw SystemError("memfd_create", errno: EINVAL, context: "huge page size \(page)") }
+        raw = cvh_memfd_create_hugetlb(name, Int32(page.trailingZeroBitCount))
+    } else {
+        raw = cvh_memfd_create(name, allowSealing ? 1 : 0)
+    }
     if raw < 0 { throw SystemError.current("memfd_create", context: name) }
     let fd = FileDescriptor(adopting: raw)
     _ = try retryingEINTR("ftruncate", context: name) { ftruncate(fd.rawValue, off_t(size)) }

@@ -51,12 +51,17 @@ public final class GuestMemoryArena: @unchecked Sendable {
         /// Where the region starts inside its memfd: QEMU passes non-zero offsets when one file backs
         /// several regions. Must be a multiple of the page size (mmap's rule).
         public var mmapOffset: UInt64
+        /// Back the region with hugetlbfs pages of this size (2 MiB or 1 GiB), like QEMU's
+        /// memory-backend-memfd,hugetlb=on; nil for ordinary 4 KiB pages.
+        public var hugePageSize: Int?
 
-        public init(size: Int, guestPhysicalAddress: UInt64? = nil, userAddress: UInt64? = nil, mmapOffset: UInt64 = 0) {
+        public init(size: Int, guestPhysicalAddress: UInt64? = nil, userAddress: UInt64? = nil, mmapOffset: UInt64 = 0,
+                    hugePageSize: Int? = nil) {
             self.size = size
             self.guestPhysicalAddress = guestPhysicalAddress
             self.userAddress = userAddress
             self.mmapOffset = mmapOffset
+            self.hugePageSize = hugePageSize
         }
     }
 
@@ -114,9 +119,9 @@ public final class GuestMemoryArena: @unchecked Sendable {
 
     public init(regions specs: [RegionSpec]) throws {
         guard !specs.isEmpty else { throw ArenaError.badLayout("no regions") }
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         var made: [Region] = []
         for (i, spec) in specs.enumerated() {
+            let page = spec.hugePageSize ?? Int(sysconf(Int32(_SC_PAGESIZE)))
             guard spec.size > Self.reservedPrefix, spec.size % page == 0 else {
                 throw ArenaError.badLayout("region \(i) size \(spec.size) must be a page multiple above \(Self.reservedPrefix)")
             }
@@ -126,7 +131,7 @@ public final class GuestMemoryArena: @unchecked Sendable {
             let gpa = spec.guestPhysicalAddress ?? UInt64(i) * Self.defaultGuestPhysicalStride
             let va = spec.userAddress ?? Self.defaultUserAddressBase + UInt64(i) * Self.defaultUserAddressStride
             let fileSize = Int(spec.mmapOffset) + spec.size
-            let fd = try makeMemFD(name: "vhost-itest-guest-ram-\(i)", size: fileSize)
+            let fd = try makeMemFD(name: "vhost-itest-guest-ram-\(i)", size: fileSize, hugePageSize: spec.hugePageSize)
             let mapping = try MemoryMapping(fd: fd.rawValue, offset: 0, length: fileSize)
             let description = MemoryRegionDescription(guestPhysicalAddress: gpa, size: UInt64(spec.size),
                                                       userAddress: va, mmapOffset: spec.mmapOffset)

@@ -19,6 +19,9 @@ extern "C" {
 // ---- fds -----------------------------------------------------------------------------------------
 int cvh_eventfd(unsigned int initval, int nonblock);
 int cvh_memfd_create(const char *name, int allow_sealing);
+// memfd on hugetlbfs pages of 2^log2_page_size bytes (21 = 2 MiB, 30 = 1 GiB), as QEMU's
+// memory-backend-memfd,hugetlb=on,hugetlbsize=... makes.
+int cvh_memfd_create_hugetlb(const char *name, int log2_page_size);
 int cvh_signalfd_term(void); // blocks SIGTERM/SIGINT/SIGHUP in the calling thread, returns a signalfd
 int cvh_signalfd_read(int fd); // returns the signal number, or -errno
 int cvh_block_term_signals(void); // blocks them in the calling thread (inherited by threads it creates)
