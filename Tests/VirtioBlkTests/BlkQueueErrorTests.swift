@@ -253,3 +253,33 @@ func aHeaderShorterThan16BytesFails(headerBytes: Int) throws {
     // An idle pass publishes nothing and asks for nothing.
     #expect(try rig.blk.poll(acceptNew: true).progress == 0)
 }
+
+@Test(arguments: [ReqType.in, ReqType.out])
+func aDataBufferOutsideMemoryIsReportedInTheStatusByte(type: UInt32) throws {
+    let rig = try BlkRig(engine: try memoryEngine())
+    let status = try rig.buffer(1)
+    // The data buffer is unmapped, but the status byte is in memory and known: IOERR goes there.
+    let used = try rig.run([BufferSegment(try rig.header(type), deviceWritable: false),
+                            BufferSegment(gpa: rig.arena.unmappedGPA, length: 512, deviceWritable: type == ReqType.in),
+                            BufferSegment(status, deviceWritable: true)])
+    #expect(used?.length == 1)
+    #expect(status.read() == [Status.ioError])
+    #expect(rig.blk.guestErrors == 1)
+}
+
+@Test func aChainWithABrokenShapeWritesNothing() throws {
+    let rig = try BlkRig(engine: try memoryEngine())
+    let status = try rig.buffer(1)
+    let h = try rig.header(ReqType.flush)
+    // header → status → back to header: a loop, so no byte of it is known to be the status.
+    let ids = try rig.driver.reserveDescriptors(2)
+    rig.driver.writeDescriptor(ids[0], gpa: h.gpa, length: 16, flags: .next, next: ids[1])
+    rig.driver.writeDescriptor(ids[1], gpa: status.gpa, length: 1, flags: [.write, .next], next: ids[0])
+    rig.driver.trackRawChain(head: ids[0], ids: ids)
+    rig.driver.pushAvail(ids[0])
+    rig.driver.publish()
+    _ = try rig.blk.poll(acceptNew: true)
+    #expect(try rig.driver.collectUsed() == [UsedElement(id: UInt32(ids[0]), length: 0)])
+    #expect(status.read() == [0xff])
+    #expect(rig.blk.guestErrors == 1)
+}

@@ -165,3 +165,19 @@ func readableAfterWritableIsRejected(indirect: Bool) throws {
     let three = try rig.driver.addChain(Array(repeating: BufferSegment(buf, deviceWritable: true), count: 3))
     #expect(rig.walkError(try rig.popAdded(three)) == .tooManySegments)
 }
+
+@Test func aBadBufferStillLetsTheWalkFindTheLastWritableByte() throws {
+    let rig = try Rig(size: 8)
+    let h = try rig.arena.allocate(16), status = try rig.arena.allocate(4)
+    let head = try rig.driver.addChain([BufferSegment(h, deviceWritable: false),
+                                        BufferSegment(gpa: rig.arena.unmappedGPA, length: 512, deviceWritable: true),
+                                        BufferSegment(status, deviceWritable: true)])
+    #expect(rig.walkError(try rig.popAdded(head)) == .addressOutsideMemory(GuestAddress(rig.arena.unmappedGPA), 512))
+    let last = try #require(rig.host(status)).advanced(by: 3).assumingMemoryBound(to: UInt8.self)
+    #expect(rig.segments.lastWritableByte == last)
+    // When the bad buffer is the last writable one, there is no status byte to report into.
+    let head2 = try rig.driver.addChain([BufferSegment(h, deviceWritable: false),
+                                         BufferSegment(gpa: rig.arena.unmappedGPA, length: 1, deviceWritable: true)])
+    _ = rig.walkError(try rig.popAdded(head2))
+    #expect(rig.segments.lastWritableByte == nil)
+}
