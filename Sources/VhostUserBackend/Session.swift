@@ -165,6 +165,20 @@ public final class Session<D: VhostUserDevice> {
     func replaceMemory(_ new: GuestMemoryMap) throws {
         for i in workers.indices { stopWorker(i) }
         memory = new
-        for i in workers.indices { try startWorkerIfReady(i) }
+        try restartAll()
+    }
+
+    /// Starts every ready queue; one queue that cannot start (its rings are no longer in guest memory,
+    /// say) must not leave the others stopped, so all are tried before the first error is reported.
+    func restartAll(_ change: (inout VringSettings) -> Void = { _ in }) throws {
+        var firstError: Error?
+        for i in workers.indices {
+            do {
+                try updateQueue(i, change)
+            } catch {
+                if firstError == nil { firstError = error }
+            }
+        }
+        if let firstError { throw firstError }
     }
 }

@@ -21,9 +21,7 @@ extension Session {
             if changed {
                 // Without PROTOCOL_FEATURES every ring is enabled at once (vhost-user.rst "Ring states").
                 let enableAll = !f.contains(.protocolFeatures)
-                for i in vrings.indices {
-                    try updateQueue(i) { if enableAll { $0.enabled = true } }
-                }
+                try restartAll { if enableAll { $0.enabled = true } }
             }
         case .setOwner:
             break

@@ -83,7 +83,8 @@ public struct DaemonConfiguration: Sendable {
 
 /// Parses "4096", "64K", "512M", "2G", "1T" (binary multiples).
 public func parseSize(_ text: String) -> UInt64? {
-    guard let last = text.last else { return nil }
+    // Digits first: UInt64("+5") would accept a sign, which no size should carry.
+    guard let first = text.first, first.isASCII, first.isNumber, let last = text.last else { return nil }
     let shifts: [Character: UInt64] = ["K": 10, "M": 20, "G": 30, "T": 40, "k": 10, "m": 20, "g": 30, "t": 40]
     if let shift = shifts[last] {
         guard let n = UInt64(text.dropLast()), n <= (UInt64.max >> shift) else { return nil }
