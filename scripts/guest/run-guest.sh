@@ -28,7 +28,7 @@ VTEST_PROG=run-guest
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ROOT=$(repo_root)
 
-usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}" >&2; exit 2; }
+usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit "$1"; }
 
 SOCK='' QUEUES='' MODE=full CAPACITY='' SERIAL='' EXPECT_SHA=''
 MEMORY=memfd
@@ -39,6 +39,8 @@ LOG='' ARTDIR=$ROOT/.guest ACCEL=tcg DEVICE_OPTS='' RECONNECT=''
 HUGEPAGE_PATH=/dev/hugepages
 
 while (($#)); do
+    [[ $1 == -h || $1 == --help ]] && usage 0
+    (($# >= 2)) || die "$1 needs a value (see --help)"
     case $1 in
         --socket) SOCK=$2 ;;
         --queues) QUEUES=$2 ;;
@@ -56,10 +58,9 @@ while (($#)); do
         --device-opts) DEVICE_OPTS=$2 ;;
         --hugepage-path) HUGEPAGE_PATH=$2 ;;
         --reconnect) RECONNECT=$2 ;;
-        -h | --help) usage ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
-    shift 2 || die "$1 needs a value"
+    shift 2
 done
 
 [[ -n $SOCK ]] || die "--socket is required"
