@@ -15,6 +15,7 @@ bash scripts/setup.sh
 
 echo "== swift test"
 # Parallel: the suites share nothing but the machine (each test has its own temp dir and socket).
+mkdir -p .build
 swift test --parallel 2>&1 | tee .build/swift-test.log
 grep -Eq "Test run with [0-9]+ tests? (in [0-9]+ suites? )?passed" .build/swift-test.log \
     || { echo "swift test did not report a passing run"; exit 1; }

@@ -81,7 +81,6 @@ public final class BlkQueue<E: BlockEngine> {
         var pushed = false
         if acceptNew {
             var n = try ring.pending()
-            var enqueued = false
             while n > 0 {
                 n -= 1
                 let head = try ring.popHead()
@@ -89,13 +88,16 @@ public final class BlkQueue<E: BlockEngine> {
                     throw QueueError("driver reused head \(head) while it is still in flight")
                 }
                 switch start(head: head) {
-                case .submitted: enqueued = true
+                case .submitted: break
                 case .completed: pushed = true
                 }
                 progress += 1
             }
-            if enqueued { engine.submit() }
         }
+        // One submit per pass for everything enqueued above. While anything is in flight it also
+        // retries requests an engine could not hand to the kernel yet (io_submit's EAGAIN), so they
+        // do not wait for the guest's next request.
+        if inFlight > 0 { engine.submit() }
         let done = engine.reap(into: completions)
         var i = 0
         while i < done {
