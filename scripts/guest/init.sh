@@ -12,15 +12,29 @@
 #   VTEST-PERSIST <sha256>                 hash of the persistence region
 #   VTEST-END fails=<n>
 #
+# and in bench mode also
+#   VTEST-BENCH-START / VTEST-BENCH-STOP   printed right before / after fio, so
+#                                          the host can attribute back-end CPU
+#                                          time to the measured phase
+#   VTEST-BENCH key=value...               the measurement (see test_bench)
+#
 # then powers the VM off. run-guest.sh parses these lines.
 #
 # Parameters (all optional except where a mode needs them):
-#   vtest.mode=full|readback      what to run (default full)
+#   vtest.mode=full|readback|bench  what to run (default full)
 #   vtest.queues=N                expected number of blk-mq hardware queues
 #   vtest.capacity_sectors=N      expected size in 512-byte sectors
 #   vtest.serial=S                expected virtio-blk serial (GET_ID)
 #   vtest.expect_sha256=H         readback: expected persistence hash
 #   vtest.persist_offset_mb=N     persistence region offset (default 64)
+#   vtest.bench_rw=randread|randwrite|read|write   bench: fio --rw (default randread)
+#   vtest.bench_bs=4k             bench: fio --bs
+#   vtest.bench_iodepth=32        bench: fio --iodepth (per job)
+#   vtest.bench_runtime=15        bench: measured seconds, after the ramp
+#   vtest.bench_ramp=2            bench: fio --ramp_time seconds (not measured)
+#   vtest.bench_jobs=1            bench: fio --numjobs
+#
+# bench overwrites the whole disk when bench_rw writes.
 #
 # Disk layout used by `full` (MiB; needs a disk of at least 96 MiB):
 #   whole disk  ext4 test (first, since mkfs overwrites everything)
@@ -94,6 +108,14 @@ P_capacity_sectors=
 P_serial=
 P_expect_sha256=
 P_persist_offset_mb=64
+P_bench_rw=randread
+P_bench_bs=4k
+P_bench_iodepth=32
+P_bench_runtime=15
+# 2 s: long enough for the queues to fill and the first-touch effects of the
+# guest (page faults in fio's buffers, blk-mq tag allocation) to pass.
+P_bench_ramp=2
+P_bench_jobs=1
 # shellcheck disable=SC2013 # the command line is words, not lines
 for arg in $(cat /proc/cmdline); do
     case $arg in
@@ -103,6 +125,12 @@ for arg in $(cat /proc/cmdline); do
         vtest.serial=*) P_serial=${arg#*=} ;;
         vtest.expect_sha256=*) P_expect_sha256=${arg#*=} ;;
         vtest.persist_offset_mb=*) P_persist_offset_mb=${arg#*=} ;;
+        vtest.bench_rw=*) P_bench_rw=${arg#*=} ;;
+        vtest.bench_bs=*) P_bench_bs=${arg#*=} ;;
+        vtest.bench_iodepth=*) P_bench_iodepth=${arg#*=} ;;
+        vtest.bench_runtime=*) P_bench_runtime=${arg#*=} ;;
+        vtest.bench_ramp=*) P_bench_ramp=${arg#*=} ;;
+        vtest.bench_jobs=*) P_bench_jobs=${arg#*=} ;;
     esac
 done
 info kernel "$(uname -r)"
@@ -422,6 +450,86 @@ test_persist_read() {
     fi
 }
 
+# --- bench: one fio run, for the host to measure the back-end ------------------------
+# Prints one VTEST-BENCH line. iops, bw_kib and the latency percentiles are
+# fio's, over the measured phase only (ramp excluded); lat_* are fio's
+# completion latencies (clat: submission to completion), in µs. ios is fio's
+# I/O count over the measured phase; dev_ios is the number of requests the
+# disk completed between the START and STOP markers (from /sys/block/vda/stat,
+# ramp included), i.e. over the same window in which the host samples the
+# back-end's CPU time, so CPU/dev_ios is the per-request cost.
+test_bench() {
+    case $P_bench_rw in
+        randread | read) dir="read" ;;
+        randwrite | write) dir="write" ;;
+        *)
+            result bench FAIL "vtest.bench_rw must be randread, randwrite, read or write"
+            return
+            ;;
+    esac
+    for v in "$P_bench_iodepth" "$P_bench_runtime" "$P_bench_jobs" "$P_bench_ramp"; do
+        case $v in
+            '' | *[!0-9]*)
+                result bench FAIL "iodepth, runtime, ramp and jobs must be integers"
+                return
+                ;;
+        esac
+    done
+    # One directory per hardware queue.
+    set -- $SYS/mq/*
+    info hw_queues "$#"
+    # norandommap: with time_based runs fio need not track which blocks were
+    # touched; the map costs guest CPU, and the guest CPU is the bottleneck.
+    # randrepeat stays at its default (on), so every run of a workload issues
+    # the same offsets whichever back-end serves it.
+    # /sys/block/vda/stat fields 1 and 5: reads and writes completed.
+    d0=$(awk '{ print $1 + $5 }' $SYS/stat)
+    t0=$(now)
+    echo "VTEST-BENCH-START"
+    $FIO --name=bench --filename=$DEV --ioengine=libaio --direct=1 \
+        --rw="$P_bench_rw" --bs="$P_bench_bs" --iodepth="$P_bench_iodepth" \
+        --numjobs="$P_bench_jobs" --time_based --runtime="$P_bench_runtime" \
+        --ramp_time="$P_bench_ramp" --norandommap --group_reporting \
+        --output-format=json >/tmp/bench.json 2>/tmp/bench.err
+    rc=$?
+    d1=$(awk '{ print $1 + $5 }' $SYS/stat)
+    t1=$(now)
+    echo "VTEST-BENCH-STOP"
+    if [ $rc -ne 0 ]; then
+        result bench FAIL "fio exit status $rc"
+        tail -n 20 /tmp/bench.err
+        return
+    fi
+    # fio's JSON is pretty-printed one key per line; with group_reporting
+    # there is one job, whose "read"/"write" object holds the totals and,
+    # under clat_ns, the percentile table (in ns). Any other object
+    # ("trim", "lat_ns", ...) ends the part of interest.
+    if ! line=$(awk -v dir="$dir" '
+        /^ *"(read|write|trim|sync)" : \{/ { cur = $1; gsub(/"/, "", cur); clat = 0; next }
+        cur != dir { next }
+        { key = $1; gsub(/"/, "", key); val = $3; gsub(/,/, "", val) }
+        key == "clat_ns" { clat = 1 }
+        key == "lat_ns" { clat = 0 }
+        key == "iops" && iops == "" { iops = val }
+        key == "bw" && bw == "" { bw = val }
+        key == "total_ios" && ios == "" { ios = val }
+        clat && key == "mean" && mean == "" { mean = val }
+        clat && key == "50.000000" && p50 == "" { p50 = val }
+        clat && key == "99.000000" && p99 == "" { p99 = val }
+        END {
+            if (ios == "" || p99 == "") exit 1
+            printf "iops=%d bw_kib=%d lat_mean_us=%.1f lat_p50_us=%.1f lat_p99_us=%.1f ios=%d",
+                iops + 0.5, bw, mean / 1000, p50 / 1000, p99 / 1000, ios
+        }' /tmp/bench.json); then
+        result bench FAIL "could not parse fio's JSON output"
+        tail -n 40 /tmp/bench.json
+        return
+    fi
+    wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+    echo "VTEST-BENCH rw=$P_bench_rw bs=$P_bench_bs iodepth=$P_bench_iodepth jobs=$P_bench_jobs runtime_s=$P_bench_runtime ramp_s=$P_bench_ramp $line dev_ios=$((d1 - d0)) wall_s=$wall"
+    result bench PASS "rw=$P_bench_rw $line"
+}
+
 run_timed() { # run_timed FUNCTION: runs it and reports its duration
     _t=$(now)
     "$1"
@@ -446,6 +554,9 @@ case $P_mode in
     readback)
         test_identity
         test_persist_read
+        ;;
+    bench)
+        test_bench
         ;;
     *)
         result mode FAIL "unknown vtest.mode=$P_mode"
