@@ -2,18 +2,23 @@
 # run-guest.sh: boot the test guest against a vhost-user-blk socket and report.
 #
 # Usage:
-#   run-guest.sh --socket SOCK --queues N [--mode full|readback]
+#   run-guest.sh --socket SOCK --queues N [--mode full|readback|bench]
 #                [--capacity-sectors N] [--serial S] [--expect-sha256 H]
 #                [--memory memfd|hugepages] [--mem-size 512M] [--smp 2]
 #                [--timeout 300] [--log FILE] [--artifacts DIR]
 #                [--accel tcg|kvm] [--device-opts OPTS] [--reconnect SECS]
+#                [--guest-param KEY=VALUE]...
+#
+# --guest-param KEY=VALUE: passes vtest.KEY=VALUE to the guest's /init, e.g.
+# --guest-param bench_rw=randwrite (see scripts/guest/init.sh for the keys).
+# Repeatable.
 #
 # --reconnect SECS: QEMU retries the socket every SECS seconds when the backend
 # goes away, so the backend can be restarted under the running guest.
 #
 # The backend must already listen on SOCK: QEMU 7.2 connects once, at start-up.
 # The guest (scripts/guest/init.sh) runs the tests and powers off; this script
-# prints its VTEST-RESULT lines and, on stdout,
+# prints its VTEST-RESULT (and VTEST-BENCH) lines and, on stdout,
 #   persist_sha256=<hex>
 #   run-guest: PASS|FAIL <summary>
 # Exit status: 0 only if every check passed and the guest reached VTEST-END.
@@ -37,6 +42,7 @@ SMP=2           # two vCPUs so that two queues are both driven (one per CPU)
 TIMEOUT=300     # seconds; a full run takes ~1 min under TCG, so this only trips on hangs
 LOG='' ARTDIR=$ROOT/.guest ACCEL=tcg DEVICE_OPTS='' RECONNECT=''
 HUGEPAGE_PATH=/dev/hugepages
+GUEST_PARAMS=()
 
 while (($#)); do
     [[ $1 == -h || $1 == --help ]] && usage 0
@@ -58,6 +64,12 @@ while (($#)); do
         --device-opts) DEVICE_OPTS=$2 ;;
         --hugepage-path) HUGEPAGE_PATH=$2 ;;
         --reconnect) RECONNECT=$2 ;;
+        --guest-param)
+            # Lower-case keys only, like init.sh's; the kernel command line
+            # splits on spaces, so values must not contain any.
+            [[ $2 =~ ^[a-z][a-z0-9_]*=[^[:space:]]*$ ]] || die "--guest-param must be KEY=VALUE without spaces, got: $2"
+            GUEST_PARAMS+=("vtest.$2")
+            ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
     shift 2
@@ -65,7 +77,7 @@ done
 
 [[ -n $SOCK ]] || die "--socket is required"
 [[ $QUEUES =~ ^[1-9][0-9]*$ ]] || die "--queues must be a positive integer"
-[[ $MODE == full || $MODE == readback ]] || die "--mode must be full or readback"
+[[ $MODE == full || $MODE == readback || $MODE == bench ]] || die "--mode must be full, readback or bench"
 [[ $SMP =~ ^[1-9][0-9]*$ ]] || die "--smp must be a positive integer"
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "--timeout must be seconds"
 [[ -z $CAPACITY || $CAPACITY =~ ^[0-9]+$ ]] || die "--capacity-sectors must be a number"
@@ -129,6 +141,7 @@ APPEND="console=ttyS0 panic=-1 loglevel=4 vtest.mode=$MODE vtest.queues=$EXPECT_
 [[ -n $CAPACITY ]] && APPEND+=" vtest.capacity_sectors=$CAPACITY"
 [[ -n $SERIAL ]] && APPEND+=" vtest.serial=$SERIAL"
 [[ -n $EXPECT_SHA ]] && APPEND+=" vtest.expect_sha256=$EXPECT_SHA"
+((${#GUEST_PARAMS[@]})) && APPEND+=" ${GUEST_PARAMS[*]}"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/run-guest.XXXXXX")
 # Without --log the serial log lives (and dies) in TMP; its tail is printed
@@ -191,7 +204,7 @@ grep -q '^VTEST-BEGIN' "$CLEAN" || problems+=("guest /init never started")
 grep -q '^VTEST-END' "$CLEAN" || problems+=("no VTEST-END")
 
 # grep -a: a kernel message could put odd bytes into the log.
-grep -a '^VTEST-\(RESULT\|INFO\) ' "$CLEAN" || true
+grep -a '^VTEST-\(RESULT\|INFO\|BENCH\) ' "$CLEAN" || true
 npass=$(grep -ac '^VTEST-RESULT [^ ]* PASS' "$CLEAN" || true)
 nfail=$(grep -ac '^VTEST-RESULT [^ ]* FAIL' "$CLEAN" || true)
 ((nfail > 0)) && problems+=("$nfail checks failed")
