@@ -100,12 +100,20 @@ public final class Session<D: VhostUserDevice> {
 
     /// Stops every queue (draining in-flight I/O) and forgets the session's state.
     public func teardown() {
+        resetDevice()
+        memory = .empty
+        protocolFeatures = []
+    }
+
+    /// RESET_OWNER: the device goes back to its initial state — every queue drained and stopped, its
+    /// settings and the acknowledged virtio features forgotten. The protocol features stay: they
+    /// belong to the connection, and a front-end that goes on sending NEED_REPLY after the reset must
+    /// still get its acknowledgements (libvhost-user keeps them too).
+    func resetDevice() {
         for i in workers.indices { stopWorker(i) }
         vrings = Array(repeating: VringSettings(), count: device.queueCount)
-        memory = .empty
         ackedFeatures = []
         featuresSet = false
-        protocolFeatures = []
     }
 
     // MARK: queue lifecycle

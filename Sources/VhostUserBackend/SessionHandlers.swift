@@ -27,7 +27,7 @@ extension Session {
             break
         case .resetOwner:
             logger.info("RESET_OWNER: stopping all queues")
-            teardown()
+            resetDevice()
         case .setMemTable(let descriptions, let fds):
             var regions: [GuestRegion] = []
             for (d, fd) in zip(descriptions, fds) {

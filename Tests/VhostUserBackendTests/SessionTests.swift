@@ -214,3 +214,23 @@ func failedRequestsWithoutNeedReplyDropTheConnection(_ c: FailingRequest) throws
     s.stop() // fails the test if run() does not return within its bound
     #expect(try f.waitForClose())
 }
+
+/// RESET_OWNER resets the device, not the connection: a front-end that starts the device again right
+/// after it, still asking for REPLY_ACK acknowledgements, must get them and working queues.
+@Test func resetOwnerKeepsProtocolFeaturesAndTheDeviceRestarts() throws {
+    let s = try ServerUnderTest()
+    defer { s.stop() }
+    let arena = try makeArena()
+    let f = try s.connect()
+    let first = try #require(try f.connectDevice(arena: arena).first)
+    let data = patternBytes(seed: 40, byteOffset: 0, count: 4096)
+    #expect(try first.write(sector: 16, data: data).status == .ok)
+    #expect(f.protocolFeatures.contains(.replyAck))
+
+    try f.send(.resetOwner)
+    f.timeoutMs = 3000 // every NEED_REPLY below must be answered, not time out
+    let driver = try BlkDriver(queue: try #require(try f.start(arena: arena).first))
+    let (r, back) = try driver.read(sector: 16, count: 8)
+    #expect(r.status == .ok)
+    #expect(back == data)
+}
