@@ -130,8 +130,10 @@ DAEMON=$WORK/vhost-user-blk
 cp "$DAEMON_SRC" "$DAEMON"
 DAEMON_SHA=$(sha256sum "$DAEMON" | cut -d' ' -f1)
 DAEMON_MTIME=$(date -u -r "$DAEMON_SRC" +%Y-%m-%dT%H:%M:%SZ)
+# HEAD of the checkout when the run started. The binary is not necessarily
+# built from it (anyone may have rebuilt or not rebuilt); its build time and
+# hash identify it, and the report says so.
 GIT_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-# Uncommitted changes to the daemon's sources mean the binary may not be HEAD.
 GIT_DIRTY=false
 [[ -n $(git -C "$ROOT" status --porcelain -- Sources Package.swift 2>/dev/null) ]] && GIT_DIRTY=true
 
@@ -316,7 +318,7 @@ jq -s --arg date "$DATE" --arg cpu "$CPU_MODEL" --argjson cores "$CORES" --arg k
     | {date: $date,
        machine: {cpu_model: $cpu, cores: $cores, kernel: $kernel, qemu: $qemu, qemu_storage_daemon: $qsd,
                  accel: "tcg", guest_vcpus: $smp, guest_memory: $mem},
-       daemon: {git_commit: $commit, sources_dirty: $dirty, binary_built: $built, sha256: $sha},
+       daemon: {checkout_head: $commit, sources_dirty: $dirty, binary_built: $built, sha256: $sha},
        config: {rounds: $rounds, runtime_s: $runtime, ramp_s: $ramp, queues: $queues, poll_us: $poll,
                 jobs: $jobs, iodepth: $iodepth, bs: $bs, image_mib: $img,
                 qsd_blockdev: "driver=file,aio=native,cache.direct=on"},
@@ -333,7 +335,7 @@ jq -r '
     "",
     "- Machine: \(.machine.cpu_model), \(.machine.cores) cores, kernel \(.machine.kernel), \(.machine.qemu) (\(.machine.accel), \(.machine.guest_vcpus) vCPUs, \(.machine.guest_memory))",
     "- Peer: \(.machine.qemu_storage_daemon), \(.config.qsd_blockdev)",
-    "- Ours: commit \(.daemon.git_commit)\(if .daemon.sources_dirty then " + uncommitted source changes" else "" end), --poll-us \(.config.poll_us)",
+    "- Ours: binary built \(.daemon.binary_built) (sha256 \(.daemon.sha256[0:12])), checkout at \(.daemon.checkout_head)\(if .daemon.sources_dirty then " + uncommitted source changes" else "" end), --poll-us \(.config.poll_us)",
     "- Workload: \(.config.bs) \(.config.iodepth) deep x \(.config.jobs) job(s), \(.config.queues) queue(s), \(.config.runtime_s) s + \(.config.ramp_s) s ramp, 1 GiB raw image; medians of \(.config.rounds) alternating round(s)",
     "",
     "| workload | back-end | guest IOPS | p50 µs | p99 µs | back-end CPU µs/IO | back-end cores |",
