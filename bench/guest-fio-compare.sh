@@ -153,26 +153,7 @@ KERNEL=$(uname -r)
 QEMU_VERSION=$(qemu-system-x86_64 --version | head -n 1)
 QSD_VERSION=$(qemu-storage-daemon --version | head -n 1)
 
-# stop_process PID: SIGTERM, wait (bounded), exit status in STOP_STATUS;
-# SIGKILL after STOP_TIMEOUT. Not for $(...): only this shell can wait for it.
-STOP_STATUS=0
-stop_process() {
-    local pid=$1 deadline=$((SECONDS + STOP_TIMEOUT))
-    STOP_STATUS=0
-    kill -TERM "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
-        sleep "$POLL"
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid still running ${STOP_TIMEOUT}s after SIGTERM; SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || STOP_STATUS=$?
-}
 
-# True once something listens on SOCK. ss rather than a probe connection:
-# a connection would be a real vhost-user session to the back-end.
-listening() { [[ -S $SOCK ]] && ss -xlH src "$SOCK" 2>/dev/null | grep -q LISTEN; }
 
 # start_backend ours|qsd LOG: starts it (BPID) and waits until it listens.
 start_backend() {
@@ -184,11 +165,7 @@ start_backend() {
                 </dev/null >"$blog" 2>&1 &
             ;;
         qsd)
-            # aio=native + cache.direct=on: O_DIRECT with libaio, as ours.
-            qemu-storage-daemon \
-                --blockdev "driver=file,node-name=f0,filename=$IMG,aio=native,cache.direct=on,discard=unmap" \
-                --export "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=$SOCK,writable=on,num-queues=$QUEUES" \
-                </dev/null >"$blog" 2>&1 &
+            start_qsd "$SOCK" "$IMG" "$QUEUES" "$blog"
             ;;
     esac
     BPID=$!
@@ -196,7 +173,7 @@ start_backend() {
     while ((SECONDS < deadline)); do
         kill -0 "$BPID" 2>/dev/null || { BPID=; die "$which exited before listening: $(tail -n 3 "$blog")"; }
         # Ours promises a "listening" line on stderr once ready: require it too.
-        if listening && { [[ $which == qsd ]] || grep -q listening "$blog"; }; then
+        if socket_listening "$SOCK" && { [[ $which == qsd ]] || grep -q listening "$blog"; }; then
             return 0
         fi
         sleep "$POLL"

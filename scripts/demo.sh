@@ -36,7 +36,7 @@ cleanup() {
     if [[ -n $DAEMON_PID ]] && kill -0 "$DAEMON_PID" 2>/dev/null; then
         kill -TERM "$DAEMON_PID"; wait "$DAEMON_PID" || true
     fi
-    [[ $MEMORY == hugepages ]] && bash qemu-configs/setup-hugepages.sh --release >/dev/null 2>&1 || true
+    if [[ $MEMORY == hugepages ]]; then bash qemu-configs/setup-hugepages.sh --release >/dev/null 2>&1 || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT

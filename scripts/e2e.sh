@@ -131,31 +131,6 @@ SOCK=$WORK/vhost.sock
 export HUGEPAGES_STATE=$WORK/hugepages.state
 IMG=$WORK/disk.img
 
-
-# stop_process PID: SIGTERM, wait (bounded), exit status in STOP_STATUS;
-# after STOP_TIMEOUT it is killed with SIGKILL (status 137). Not to be called
-# in $(...): only this shell, the parent, can wait for the process.
-STOP_STATUS=0
-stop_process() {
-    local pid=$1 deadline=$((SECONDS + STOP_TIMEOUT))
-    STOP_STATUS=0
-    kill -TERM "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
-        sleep 0.05 # poll interval
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid still running ${STOP_TIMEOUT}s after SIGTERM; SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || STOP_STATUS=$?
-}
-
-# True once something listens on SOCK. Checked with ss rather than by
-# connecting: a probe connection would be a real vhost-user session to the
-# backend (which serves one front-end at a time), a side effect the test
-# should not have. A listening socket is exactly "accepts connections".
-listening() { [[ -S $SOCK ]] && ss -xlH src "$SOCK" 2>/dev/null | grep -q LISTEN; }
-
 # start_backend TAG: starts it in the background (BPID), waits until ready.
 start_backend() {
     local tag=$1 q=$2
@@ -163,12 +138,7 @@ start_backend() {
     rm -f "$SOCK"
     case $BACKEND in
         qsd)
-            # aio=native + cache.direct=on: O_DIRECT like a production setup;
-            # discard=unmap: guest discards punch holes in the image.
-            qemu-storage-daemon \
-                --blockdev "driver=file,node-name=f0,filename=$IMG,aio=native,cache.direct=on,discard=unmap" \
-                --export "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=$SOCK,writable=on,num-queues=$q" \
-                </dev/null >"$blog" 2>&1 &
+            start_qsd "$SOCK" "$IMG" "$q" "$blog"
             ;;
         ours)
             local extra=()
@@ -188,7 +158,7 @@ start_backend() {
             return 1
         fi
         # Ours promises a "listening" line on stderr once ready: require it too.
-        if listening && { [[ $BACKEND == qsd ]] || grep -q listening "$blog"; }; then
+        if socket_listening "$SOCK" && { [[ $BACKEND == qsd ]] || grep -q listening "$blog"; }; then
             record "$tag: backend start" 0 "pid $BPID"
             return 0
         fi

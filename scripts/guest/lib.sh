@@ -37,3 +37,38 @@ ensure_packages() {
 
 # repo_root: the checkout this script lives in (scripts/guest/ is two levels down).
 repo_root() { (cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd); }
+
+# stop_process PID: SIGTERM, wait at most STOP_TIMEOUT seconds (default 30: a
+# back-end ends in well under a second), then SIGKILL (status 137). The exit
+# status lands in STOP_STATUS. Not to be called in $(...): only the shell that
+# started the process can wait for it.
+STOP_STATUS=0
+# shellcheck disable=SC2034 # STOP_STATUS is read by the scripts that source this file
+stop_process() {
+    local pid=$1 deadline=$((SECONDS + ${STOP_TIMEOUT:-30}))
+    STOP_STATUS=0
+    kill -TERM "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+        sleep 0.02 # poll interval: 20 ms is invisible next to a back-end's shutdown
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "pid $pid still running ${STOP_TIMEOUT:-30}s after SIGTERM; SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || STOP_STATUS=$?
+}
+
+# socket_listening SOCK: true once something listens on SOCK. Checked with ss
+# rather than by connecting: a probe connection would be a real vhost-user
+# session to the back-end (which serves one front-end at a time).
+socket_listening() { [[ -S $1 ]] && ss -xlH src "$1" 2>/dev/null | grep -q LISTEN; }
+
+# start_qsd SOCK IMG QUEUES LOG: qemu-storage-daemon serving IMG in the
+# background ($! is its pid). aio=native + cache.direct=on: O_DIRECT with
+# libaio, as ours; discard=unmap: guest discards punch holes in the image.
+start_qsd() {
+    qemu-storage-daemon \
+        --blockdev "driver=file,node-name=f0,filename=$2,aio=native,cache.direct=on,discard=unmap" \
+        --export "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=$1,writable=on,num-queues=$3" \
+        </dev/null >"$4" 2>&1 &
+}
