@@ -89,6 +89,42 @@ struct ProcessTests {
         #expect(p.waitForExit() == .exited(0), "\(p.stderr)")
     }
 
+    /// systemd socket activation: fds start at 3 (SD_LISTEN_FDS_START) and LISTEN_PID names the
+    /// process they are meant for. `sh -c 'LISTEN_PID=$$ … exec daemon'` gives the daemon the shell's
+    /// pid, as systemd does between fork and exec.
+    @Test("no --socket: systemd LISTEN_FDS/LISTEN_PID socket activation on fd 3")
+    func systemdSocketActivation() throws {
+        let dir = try TemporaryDirectory()
+        let path = dir.file("activated.sock")
+        let listener = try UnixSocket.listen(path: path)
+        let daemon = try DaemonProcess.binaryPath()
+        let p = try DaemonProcess(
+            arguments: ["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec '\(daemon)' --engine memory --size 64M"],
+            passSocket: false, inheritedFD: listener.fd.rawValue, directory: dir, binary: "/bin/sh")
+        listener.fd.close()
+        try p.waitUntilListening()
+        #expect(p.stderr.contains("inherited fd 3"), "\(p.stderr)")
+        let f = try Frontend.connectServing(socketPath: path)
+        let arena = try GuestMemoryArena(size: arenaBytes)
+        let d = try f.connectDevice(arena: arena)[0]
+        #expect(try writeReadVerify(d, sector: 0, sectors: 8, seed: 505) == nil, "\(p.stderr)")
+        p.signal(SIGTERM)
+        #expect(p.waitForExit() == .exited(0), "\(p.stderr)")
+        // The socket belongs to whoever created it: the daemon must not remove it.
+        #expect(access(path, F_OK) == 0, "the daemon removed an inherited socket")
+    }
+
+    @Test("LISTEN_FDS meant for another process (LISTEN_PID differs) is ignored: --socket is required")
+    func systemdActivationForAnotherProcess() throws {
+        let daemon = try DaemonProcess.binaryPath()
+        let p = try DaemonProcess(
+            arguments: ["-c", "LISTEN_PID=1 LISTEN_FDS=1 exec '\(daemon)' --engine memory --size 64M"],
+            passSocket: false, binary: "/bin/sh")
+        let status = p.waitForExit()
+        #expect(status != nil && status != .exited(0), "status \(String(describing: status))")
+        #expect(p.stderr.contains("--socket"), "\(p.stderr)")
+    }
+
     @Test("a second daemon on a socket that is in use refuses to start")
     func socketInUse() throws {
         let first = try TestDaemon.memory()
