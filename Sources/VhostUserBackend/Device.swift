@@ -2,11 +2,16 @@ import GuestMemory
 import VhostUserProtocol
 import Virtqueue
 
+/// One poll pass of a queue: take new chains when `acceptNew`, submit, reap, publish. Throws when the
+/// ring is broken. A closure rather than a protocol requirement so that the device can hand over a
+/// pass compiled for its concrete types: a generic queue type's protocol witness is compiled once for
+/// every type argument, and every per-request call inside it would go through witness tables. The
+/// worker calls it once per pass, never per request.
+public typealias QueuePoller = (_ acceptNew: Bool) throws(QueueError) -> PassResult
+
 /// One virtqueue's request processor, driven by a worker thread. Implemented by the device (e.g.
-/// virtio-blk); knows nothing of vhost-user. `Worker` is generic over it, so calls are specialised.
+/// virtio-blk); knows nothing of vhost-user.
 public protocol QueueHandler: AnyObject {
-    /// One pass: take new chains when `acceptNew`, submit, reap, publish. Throws when the ring is broken.
-    func poll(acceptNew: Bool) throws(QueueError) -> PassResult
     /// Arms driver notifications and re-checks the ring; true when the worker may sleep.
     func prepareToSleep() throws(QueueError) -> Bool
     /// Suppresses driver notifications again after waking.
@@ -37,8 +42,10 @@ public protocol VhostUserDevice: AnyObject {
     var maxQueueSize: UInt16 { get }
     /// Config space bytes [offset, offset+size), or nil when the window is outside the config space.
     func readConfig(offset: Int, size: Int) -> [UInt8]?
-    /// A processor for queue `index` over a mapped ring, with the features the driver acknowledged.
-    func makeQueue(index: Int, ring: SplitQueue, memory: GuestMemoryMap, features: VirtioFeatures) throws -> Queue
+    /// A processor for queue `index` over a mapped ring, with the features the driver acknowledged,
+    /// and its poll pass.
+    func makeQueue(index: Int, ring: SplitQueue, memory: GuestMemoryMap, features: VirtioFeatures) throws
+        -> (queue: Queue, poll: QueuePoller)
     /// How the worker of queue `index` runs: its CPU (nil = unpinned) and idle window before sleeping.
     func workerPolicy(queue index: Int) -> WorkerPolicy
 }

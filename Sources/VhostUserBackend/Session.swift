@@ -154,8 +154,8 @@ public final class Session<D: VhostUserDevice> {
         } catch {
             throw SessionError("queue \(i): \(error)")
         }
-        let handler = try device.makeQueue(index: i, ring: ring, memory: memory, features: ackedFeatures)
-        workers[i] = try Worker(index: i, handler: handler, kickFD: v.kick?.rawValue ?? -1,
+        let (handler, poll) = try device.makeQueue(index: i, ring: ring, memory: memory, features: ackedFeatures)
+        workers[i] = try Worker(index: i, handler: handler, poll: poll, kickFD: v.kick?.rawValue ?? -1,
                                 callFD: v.call?.rawValue ?? -1, errFD: v.err?.rawValue ?? -1,
                                 policy: device.workerPolicy(queue: i), logger: logger)
         logger.debug("queue \(i) started: size \(size), avail index \(v.base), used index \(usedIdx)")

@@ -12,6 +12,7 @@ import Virtqueue
 final class Worker<H: QueueHandler> {
     let index: Int
     let handler: H
+    private let poll: QueuePoller
     private let stopEvent: EventFD
     /// 0 = run, 1 = stop; written by the control thread, read by the worker once per pass.
     private let stopFlag: UnsafeMutablePointer<UInt32>
@@ -27,9 +28,11 @@ final class Worker<H: QueueHandler> {
     /// While draining, log progress this often: storage that takes longer is worth telling the operator.
     static var drainLogIntervalNanoseconds: UInt64 { 5_000_000_000 }
 
-    init(index: Int, handler: H, kickFD: Int32, callFD: Int32, errFD: Int32, policy: WorkerPolicy, logger: Logger) throws {
+    init(index: Int, handler: H, poll: @escaping QueuePoller, kickFD: Int32, callFD: Int32, errFD: Int32,
+         policy: WorkerPolicy, logger: Logger) throws {
         self.index = index
         self.handler = handler
+        self.poll = poll
         self.kickFD = kickFD
         self.callFD = callFD
         self.errFD = errFD
@@ -83,7 +86,7 @@ final class Worker<H: QueueHandler> {
                 continue
             }
             do {
-                let r = try handler.poll(acceptNew: true)
+                let r = try poll(true)
                 notify(r)
                 if r.progress > 0 {
                     idleSince = 0
@@ -128,7 +131,7 @@ final class Worker<H: QueueHandler> {
         var nextLog = start + Self.drainLogIntervalNanoseconds
         while handler.inFlight > 0 {
             do {
-                notify(try handler.poll(acceptNew: false))
+                notify(try poll(false))
             } catch {
                 fail(error)
             }

@@ -15,18 +15,24 @@ public final class VirtioBlkDevice<E: BlockEngine>: VhostUserDevice {
     public let store: BackingStore
     public let configuration: DaemonConfiguration
     let makeEngine: (Int) throws -> E
+    let makePoller: (BlkQueue<E>) -> QueuePoller
     let cpus: [Int]
     public let features: VirtioFeatures
     public let protocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots]
     public let config: BlkConfig
     let serial: String
 
-    /// `makeEngine(depth)` builds one engine per queue start (never per request).
-    public init(store: BackingStore, configuration: DaemonConfiguration, cpus: [Int], makeEngine: @escaping (Int) throws -> E) {
+    /// `makeEngine(depth)` builds one engine per queue start (never per request). `makePoller` returns
+    /// the queue's poll pass; the default calls the generic `BlkQueue<E>.poll`, while the initialisers
+    /// for the concrete engines below pass one compiled for that engine (see `QueuePoller`).
+    public init(store: BackingStore, configuration: DaemonConfiguration, cpus: [Int],
+                makePoller: @escaping (BlkQueue<E>) -> QueuePoller = { q in { accept throws(QueueError) in try q.poll(acceptNew: accept) } },
+                makeEngine: @escaping (Int) throws -> E) {
         self.store = store
         self.configuration = configuration
         self.cpus = cpus
         self.makeEngine = makeEngine
+        self.makePoller = makePoller
         var blk = BlkFeature.sizeMax | BlkFeature.segMax | BlkFeature.blkSize | BlkFeature.topology
             | BlkFeature.flush | BlkFeature.mq
         if store.readOnly { blk |= BlkFeature.readOnly }
@@ -57,18 +63,48 @@ public final class VirtioBlkDevice<E: BlockEngine>: VhostUserDevice {
         return Array(space[offset..<offset + size])
     }
 
-    public func makeQueue(index: Int, ring: SplitQueue, memory: GuestMemoryMap, features acked: VirtioFeatures) throws -> BlkQueue<E> {
+    public func makeQueue(index: Int, ring: SplitQueue, memory: GuestMemoryMap, features acked: VirtioFeatures) throws
+        -> (queue: BlkQueue<E>, poll: QueuePoller) {
         let f = acked.rawValue
         let params = BlkQueueParams(
             capacitySectors: config.capacitySectors, blockSize: config.blockSize, readOnly: store.readOnly,
             flush: f & BlkFeature.flush != 0, discard: f & BlkFeature.discard != 0,
             writeZeroes: f & BlkFeature.writeZeroes != 0, writeZeroesMayUnmap: config.writeZeroesMayUnmap,
             serial: serial)
-        return BlkQueue(ring: ring, memory: memory, engine: try makeEngine(Int(ring.size)), params: params)
+        let queue = BlkQueue(ring: ring, memory: memory, engine: try makeEngine(Int(ring.size)), params: params)
+        return (queue, makePoller(queue))
     }
 
     public func workerPolicy(queue index: Int) -> WorkerPolicy {
         let window: UInt64? = configuration.pollMicroseconds == 0 ? nil : UInt64(configuration.pollMicroseconds) * 1000
         return WorkerPolicy(cpu: cpus.isEmpty ? nil : cpus[index % cpus.count], pollWindowNanoseconds: window)
+    }
+}
+
+// One initialiser per engine. Inside each, `E` is a concrete type, so the poll closure's call to the
+// @inlinable `BlkQueue.poll` is specialised for that engine: every per-request engine call in it is a
+// direct call, not a witness-table call.
+
+extension VirtioBlkDevice where E == AioEngine {
+    public convenience init(aio store: BackingStore, configuration: DaemonConfiguration, cpus: [Int]) {
+        self.init(store: store, configuration: configuration, cpus: cpus,
+                  makePoller: { q in { accept throws(QueueError) in try q.poll(acceptNew: accept) } },
+                  makeEngine: { try AioEngine(store: store, depth: $0) })
+    }
+}
+
+extension VirtioBlkDevice where E == NullEngine {
+    public convenience init(null store: BackingStore, configuration: DaemonConfiguration, cpus: [Int]) {
+        self.init(store: store, configuration: configuration, cpus: cpus,
+                  makePoller: { q in { accept throws(QueueError) in try q.poll(acceptNew: accept) } },
+                  makeEngine: { try NullEngine(depth: $0) })
+    }
+}
+
+extension VirtioBlkDevice where E == MemoryEngine {
+    public convenience init(memory store: BackingStore, configuration: DaemonConfiguration, cpus: [Int]) {
+        self.init(store: store, configuration: configuration, cpus: cpus,
+                  makePoller: { q in { accept throws(QueueError) in try q.poll(acceptNew: accept) } },
+                  makeEngine: { try MemoryEngine(store: store, depth: $0) })
     }
 }

@@ -33,14 +33,11 @@ public enum Daemon {
 
         switch store.engineKind {
         case .aio:
-            try serve(VirtioBlkDevice(store: store, configuration: configuration, cpus: cpus) { try AioEngine(store: store, depth: $0) },
-                      configuration, sigfd: sigfd, logger: logger)
+            try serve(VirtioBlkDevice(aio: store, configuration: configuration, cpus: cpus), configuration, sigfd: sigfd, logger: logger)
         case .null:
-            try serve(VirtioBlkDevice(store: store, configuration: configuration, cpus: cpus) { try NullEngine(depth: $0) },
-                      configuration, sigfd: sigfd, logger: logger)
+            try serve(VirtioBlkDevice(null: store, configuration: configuration, cpus: cpus), configuration, sigfd: sigfd, logger: logger)
         case .memory:
-            try serve(VirtioBlkDevice(store: store, configuration: configuration, cpus: cpus) { try MemoryEngine(store: store, depth: $0) },
-                      configuration, sigfd: sigfd, logger: logger)
+            try serve(VirtioBlkDevice(memory: store, configuration: configuration, cpus: cpus), configuration, sigfd: sigfd, logger: logger)
         }
         let r = store.flushSync()
         if r != 0 { logger.error("final flush failed: errno \(-r)") }
