@@ -15,10 +15,12 @@ let package = Package(
         .executable(name: "vhost-user-blk", targets: ["vhost-user-blk"]),
         .library(name: "VhostUserBlk", targets: ["VhostUserBlk"]),
         .library(name: "VhostUserTesting", targets: ["VhostUserTesting"]),
+        .executable(name: "vhost-user-blk-bench", targets: ["vhost-user-blk-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // C only for what Swift cannot import: macros (CMSG_*, CPU_SET, ioctl numbers), _GNU_SOURCE
@@ -60,6 +62,25 @@ let package = Package(
         .target(
             name: "VhostUserTesting",
             dependencies: ["VhostUserProtocol", "VhostSystem", "CVhostLinux"]
+        ),
+        // bench/: the load generator, a vhost-user front-end that drives any vhost-user-blk socket.
+        .target(
+            name: "LoadGenerator",
+            dependencies: [
+                "VhostUserTesting", "VhostUserProtocol", "VhostSystem", "CVhostLinux",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "bench/Sources/LoadGenerator"
+        ),
+        .executableTarget(
+            name: "vhost-user-blk-bench",
+            dependencies: ["LoadGenerator", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "bench/Sources/vhost-user-blk-bench"
+        ),
+        .testTarget(
+            name: "LoadGeneratorTests",
+            dependencies: ["LoadGenerator", "VhostUserTesting", "VhostSystem"],
+            path: "bench/Tests/LoadGeneratorTests"
         ),
         .testTarget(name: "VhostSystemTests", dependencies: ["VhostSystem"]),
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory", "VhostSystem", "VhostUserTesting"]),
