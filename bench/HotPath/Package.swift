@@ -17,15 +17,23 @@ let package = Package(
         .package(url: "https://github.com/ordo-one/benchmark", exact: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
+        // Guest memory, ring and driver side, plus the queue under test: shared by the benchmark and the
+        // callgrind driver so both measure the same code.
+        .target(
+            name: "HotPathFixture",
+            dependencies: [.product(name: "VirtioBlkDataPath", package: "VhostUserBlk")]
+        ),
         .executableTarget(
             name: "HotPath",
             dependencies: [
-                .product(name: "VirtioBlkDataPath", package: "VhostUserBlk"),
+                "HotPathFixture",
                 .product(name: "Benchmark", package: "benchmark"),
             ],
             path: "Benchmarks/HotPath",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
+        // Instruction counts under callgrind (no benchmark framework in the process to count).
+        .executableTarget(name: "hotpath-instructions", dependencies: ["HotPathFixture"]),
     ],
     // Swift 5 mode like the main package: the fixture shares raw guest memory with the queue under
     // test on one thread, which Sendable checking cannot express.

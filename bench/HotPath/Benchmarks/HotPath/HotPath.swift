@@ -1,4 +1,5 @@
 import Benchmark
+import HotPathFixture
 
 // Each iteration is 1000 requests (scalingFactor .kilo), so `--scale` prints wall time per request and a
 // single allocation anywhere in 1000 requests makes that iteration's mallocCountTotal non-zero.
@@ -20,17 +21,7 @@ let benchmarks: @Sendable () -> Void = {
         thresholds: [.mallocCountTotal: .init(relative: [.p90: 0], absolute: [.p90: 0])]
     )
 
-    // 40 = a batch a busy guest queue typically hands over in one kick, and divides 1000; 1 shows the
-    // fixed cost of a pass (acquire load, release store, seq_cst fence, notification decision).
-    let variants: [(String, Scenario)] = [
-        ("read-direct-b40", Scenario(shape: .direct, write: false, eventIdx: false, batch: 40)),
-        ("read-indirect-b40", Scenario(shape: .indirect, write: false, eventIdx: false, batch: 40)),
-        ("read-direct-eventidx-b40", Scenario(shape: .direct, write: false, eventIdx: true, batch: 40)),
-        ("write-direct-b40", Scenario(shape: .direct, write: true, eventIdx: false, batch: 40)),
-        ("read-direct-b1", Scenario(shape: .direct, write: false, eventIdx: false, batch: 1)),
-    ]
-
-    for (name, scenario) in variants {
+    for (name, scenario) in Scenario.all {
         precondition(requestsPerIteration % scenario.batch == 0)
         let passes = requestsPerIteration / scenario.batch
         Benchmark(name) { benchmark, fixture in

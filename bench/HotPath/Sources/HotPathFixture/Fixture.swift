@@ -9,14 +9,32 @@ import VirtioBlk
 import Virtqueue
 
 /// What one benchmark variant puts on the ring.
-struct Scenario {
-    enum Shape { case direct, indirect }
-    var shape: Shape
+public struct Scenario: Sendable {
+    public enum Shape: Sendable { case direct, indirect }
+    public var shape: Shape
     /// VIRTIO_BLK_T_OUT (data device-readable) instead of VIRTIO_BLK_T_IN.
-    var write: Bool
-    var eventIdx: Bool
+    public var write: Bool
+    public var eventIdx: Bool
     /// Chains the driver publishes before each `poll` (one release store of avail->idx per batch).
-    var batch: Int
+    public var batch: Int
+
+    public init(shape: Shape, write: Bool, eventIdx: Bool, batch: Int) {
+        self.shape = shape
+        self.write = write
+        self.eventIdx = eventIdx
+        self.batch = batch
+    }
+
+    /// The variants, by name; shared by the benchmark and the callgrind driver so both measure the
+    /// same thing. 40 = a batch a busy guest queue typically hands over in one kick, and divides 1000;
+    /// 1 shows the fixed cost of a pass (acquire load, release store, seq_cst fence, notify decision).
+    public static let all: [(name: String, scenario: Scenario)] = [
+        ("read-direct-b40", Scenario(shape: .direct, write: false, eventIdx: false, batch: 40)),
+        ("read-indirect-b40", Scenario(shape: .indirect, write: false, eventIdx: false, batch: 40)),
+        ("read-direct-eventidx-b40", Scenario(shape: .direct, write: false, eventIdx: true, batch: 40)),
+        ("write-direct-b40", Scenario(shape: .direct, write: true, eventIdx: false, batch: 40)),
+        ("read-direct-b1", Scenario(shape: .direct, write: false, eventIdx: false, batch: 1)),
+    ]
 }
 
 /// Guest memory, a split ring of 256 laid out in it, the driver side of that ring, and the device side
@@ -25,7 +43,7 @@ struct Scenario {
 /// The driver side is written here rather than borrowed from VhostUserTesting.DriverQueue: that one
 /// allocates a chain per request (arrays of segments, a free list), which is right for tests and would
 /// be counted against the device here. This one only rewrites avail-ring entries of pre-built chains.
-final class HotPathFixture {
+public final class HotPathFixture {
     static let queueSize: UInt16 = 256
     static let dataBytes = 4096
     static let sectorsPerRequest: UInt64 = 8 // 4 KiB
@@ -40,15 +58,15 @@ final class HotPathFixture {
     static let dataGPA: UInt64 = 0x10000 // 4 KiB per chain
     static let memoryBytes = 2 << 20
 
-    let scenario: Scenario
+    public let scenario: Scenario
     private let fd: FileDescriptor
     private let map: GuestMemoryMap
     private let host: UnsafeMutableRawPointer // host address of GPA 0
-    let queue: BlkQueue<NullEngine>
+    public let queue: BlkQueue<NullEngine>
 
     /// Heads of the pre-built chains, in the order the driver publishes them.
     private let heads: UnsafeMutablePointer<UInt16>
-    let chainCount: Int
+    public let chainCount: Int
     // Driver-side state; a class's fields are read into locals in `run` (the hot loop touches memory
     // only for the ring itself).
     private var availIdx: UInt16 = 0
@@ -56,9 +74,9 @@ final class HotPathFixture {
     private var cursor = 0
     /// Passes after which the device asked for an interrupt: kept so the notification check cannot be
     /// optimised away, and reported by the teardown.
-    private(set) var notifications = 0
+    public private(set) var notifications = 0
 
-    init(_ scenario: Scenario) throws {
+    public init(_ scenario: Scenario) throws {
         precondition(scenario.batch >= 1 && scenario.batch <= Int(Self.queueSize))
         self.scenario = scenario
         fd = try makeMemFD(name: "hotpath-guest", size: Self.memoryBytes)
@@ -135,7 +153,7 @@ final class HotPathFixture {
     /// walks and parses every chain, enqueues, submits, reaps, writes status and used elements and
     /// publishes used->idx, and the driver checks used->idx moved by exactly the batch.
     @inline(never)
-    func run(passes: Int) {
+    public func run(passes: Int) {
         let mask = Self.queueSize &- 1
         let batch = scenario.batch
         let eventIdx = scenario.eventIdx
@@ -182,7 +200,7 @@ final class HotPathFixture {
 
     /// Outside the measurement: one batch, then every used element, length and status byte checked, so
     /// the benchmark is known to time requests that succeed, not a fast error path.
-    func verifyOnePass() throws {
+    public func verifyOnePass() throws {
         let firstUsed = usedSeen
         let firstChain = cursor
         for k in 0..<scenario.batch {
@@ -207,7 +225,7 @@ final class HotPathFixture {
 
     /// Cheap enough to call after every measured iteration (loads only; a string is built only when
     /// something is wrong), so a run that went off the fast path cannot report a number.
-    func failure() -> String? {
+    public func failure() -> String? {
         if queue.guestErrors != 0 { return "guest errors: \(queue.lastGuestError)" }
         if queue.inFlight != 0 { return "\(queue.inFlight) requests still in flight" }
         if scenario.eventIdx && notifications == 0 { return "EVENT_IDX: the device never asked to notify" }
@@ -215,7 +233,7 @@ final class HotPathFixture {
     }
 }
 
-struct VerifyError: Error, CustomStringConvertible {
-    var description: String
+public struct VerifyError: Error, CustomStringConvertible {
+    public var description: String
     init(_ d: String) { description = d }
 }
