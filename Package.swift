@@ -15,6 +15,8 @@ let package = Package(
         .executable(name: "vhost-user-blk", targets: ["vhost-user-blk"]),
         .library(name: "VhostUserBlk", targets: ["VhostUserBlk"]),
         .library(name: "VhostUserTesting", targets: ["VhostUserTesting"]),
+        // The data path without vhost-user, for out-of-package benchmarks (bench/HotPath).
+        .library(name: "VirtioBlkDataPath", targets: ["VirtioBlk", "BlockIO", "Virtqueue", "GuestMemory", "VhostSystem"]),
         .executable(name: "vhost-user-blk-bench", targets: ["vhost-user-blk-bench"]),
     ],
     dependencies: [
