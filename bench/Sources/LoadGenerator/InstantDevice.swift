@@ -35,8 +35,11 @@ public struct InstantDevice: @unchecked Sendable {
         let availIdxP = avail + 2, usedIdxP = used + 2
         // VRING_USED_F_NO_NOTIFY: this device polls, kicks would only cost the driver system calls.
         cvh_store_release_u16(used, Virtio.usedNoNotify)
-        var lastAvail = cvh_load_acquire_u16(availIdxP)
-        var usedIdx = cvh_load_acquire_u16(usedIdxP)
+        // A fresh ring starts at index 0 on both sides. Not read from the ring: this thread may be
+        // scheduled only after the driver has published its first requests, and starting from the
+        // avail index it sees then would skip them forever.
+        var lastAvail: UInt16 = 0
+        var usedIdx: UInt16 = 0
         var served: UInt64 = 0
         var idle: UInt32 = 0
         while true {
