@@ -217,7 +217,10 @@ public func runLoad(_ o: RunOptions) throws -> RunOutcome {
         }
         // Sleep until the next event the loop cares about, at most 20 ms (how late the end of a
         // request-limited run is noticed; the workers themselves are not delayed by it).
-        var wake = min(nextProgress, now &+ 20_000_000)
+        // (nextProgress only counts when progress is printed: otherwise it never advances, and once
+        // it lay in the past this loop would spin on the back-end's core for the rest of the run.)
+        var wake = now &+ 20_000_000
+        if o.progress { wake = min(wake, nextProgress) }
         if !sampledStart { wake = min(wake, rampEnd) }
         if ownCPUEnd == nil { wake = min(wake, end) }
         if wake > now { usleep(UInt32(min((wake - now) / 1000, 20_000))) }
