@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # test.sh: the project's whole test suite, from a fresh Debian 12 machine.
 #   1. installs what is missing (scripts/setup.sh)
-#   2. unit, protocol, hostile-input and daemon integration tests (swift test)
-#   3. end-to-end: a Linux guest in QEMU 7.2 (TCG) on our socket with 1 and 2 queues, checking
+#   2. unit, protocol, hostile-input and daemon integration tests, and the load generator's tests
+#      (swift test)
+#   3. the hot-path benchmark, which fails if the per-request path allocates (bench/HotPath)
+#   4. end-to-end: a Linux guest in QEMU 7.2 (TCG) on our socket with 1 and 2 queues, checking
 #      capacity, queues, serial, mkfs/fsck, discard, write-zeroes, flush, fio crc32c verify, hugepage
 #      guest memory, then a daemon restart and a read-back of data written before it (scripts/e2e.sh).
 # Exit status 0 only if everything passed.
@@ -19,6 +21,9 @@ mkdir -p .build
 swift test --parallel 2>&1 | tee .build/swift-test.log
 grep -Eq "Test run with [0-9]+ tests? (in [0-9]+ suites? )?passed" .build/swift-test.log \
     || { echo "swift test did not report a passing run"; exit 1; }
+
+echo "== hot-path benchmark: fails if a request allocates"
+bash bench/HotPath/run.sh bench
 
 echo "== end-to-end guest tests"
 bash scripts/guest/build-artifacts.sh
