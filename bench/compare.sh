@@ -43,6 +43,8 @@ export LC_ALL=C
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/guest/lib.sh
 source "$ROOT/scripts/guest/lib.sh"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit "$1"; }
 
@@ -97,40 +99,22 @@ trap 'exit 143' TERM
 
 ensure_packages iproute2 coreutils util-linux qemu-system-x86 jq fio
 command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not found"
-if ! command -v swift >/dev/null && [[ -x /opt/swift/usr/bin/swift ]]; then PATH=/opt/swift/usr/bin:$PATH; fi
-
-DAEMON_SRC=$ROOT/.build/release/vhost-user-blk
-if [[ ! -x $DAEMON_SRC ]]; then
-    log "building the release daemon"
-    (cd "$ROOT" && swift build -c release --product vhost-user-blk >&2)
-fi
-# The generator has its own scratch path so that building it never touches
-# the daemon's build directory (which others may be using).
-log "building the release generator"
-(cd "$ROOT" && swift build -c release --scratch-path .build-lg --product vhost-user-blk-bench >&2)
-
-WORK=$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/vub-compare.XXXXXX")
-[[ $(stat -f -c %T "$WORK") != tmpfs ]] || die "BENCH_TMPDIR is tmpfs (no O_DIRECT); pick a disk-backed directory"
+bench_workdir vub-compare
 SOCK=$WORK/vhost.sock
 IMG=$WORK/disk.img
 RUNS=$WORK/runs.jsonl
 : >"$RUNS"
-# Private copies: the checkout may be rebuilt while this runs.
-DAEMON=$WORK/vhost-user-blk
+bench_daemon "$ROOT" "$WORK"
+# The generator has its own scratch path so that building it never touches
+# the daemon's build directory (which others may be using).
+log "building the release generator"
+(cd "$ROOT" && swift build -c release --scratch-path .build-lg --product vhost-user-blk-bench >&2)
+# A private copy, like the daemon's.
 GEN=$WORK/vhost-user-blk-bench
-cp "$DAEMON_SRC" "$DAEMON"
 cp "$ROOT/.build-lg/release/vhost-user-blk-bench" "$GEN"
-DAEMON_SHA=$(sha256sum "$DAEMON" | cut -c1-12)
-DAEMON_MTIME=$(date -u -r "$DAEMON_SRC" +%Y-%m-%dT%H:%M:%SZ)
-GIT_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+DAEMON_SHA=${DAEMON_SHA:0:12}
 
-if [[ $ONLY != null ]]; then
-    # Written in full once: fallocate alone leaves unwritten extents that read
-    # back as zeroes without disk I/O (see bench/README.md).
-    log "creating a ${IMG_MIB} MiB image in $WORK"
-    fallocate -l "${IMG_MIB}M" "$IMG"
-    dd if=/dev/zero of="$IMG" bs=1M count="$IMG_MIB" oflag=direct conv=notrunc,fsync status=none
-fi
+if [[ $ONLY != null ]]; then bench_image "$IMG" "$IMG_MIB"; fi
 
 # start_backend ours|qsd null|file LOG: starts it pinned (BPID), waits until it listens.
 start_backend() {

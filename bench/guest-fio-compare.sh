@@ -39,6 +39,8 @@ export LC_ALL=C
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/guest/lib.sh
 source "$ROOT/scripts/guest/lib.sh"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit "$1"; }
 
@@ -103,48 +105,17 @@ trap 'exit 143' TERM
 ensure_packages iproute2 coreutils util-linux qemu-system-x86 jq
 command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not found"
 
-DAEMON_SRC=$ROOT/.build/release/vhost-user-blk
-if [[ ! -x $DAEMON_SRC ]]; then
-    if ! command -v swift >/dev/null && [[ -x /opt/swift/usr/bin/swift ]]; then
-        PATH=/opt/swift/usr/bin:$PATH
-    fi
-    command -v swift >/dev/null || die "no $DAEMON_SRC and no swift to build it"
-    log "building the release daemon"
-    (cd "$ROOT" && swift build -c release --product vhost-user-blk >&2)
-fi
-
 # Built (or found cached) once up front, so a broken build is reported before
 # any measurement; run-guest.sh then only checks the cache.
 "$ROOT/scripts/guest/build-artifacts.sh" >/dev/null
 
-WORK=$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/vub-bench.XXXXXX")
-[[ $(stat -f -c %T "$WORK") != tmpfs ]] || die "BENCH_TMPDIR is tmpfs (no O_DIRECT); pick a disk-backed directory"
+bench_workdir vub-bench
 SOCK=$WORK/vhost.sock
 IMG=$WORK/disk.img
 RUNS=$WORK/runs.jsonl
 : >"$RUNS"
-
-# A private copy of the daemon: the checkout may be rebuilt while this runs
-# (it is shared), and every run must measure the same binary.
-DAEMON=$WORK/vhost-user-blk
-cp "$DAEMON_SRC" "$DAEMON"
-DAEMON_SHA=$(sha256sum "$DAEMON" | cut -d' ' -f1)
-DAEMON_MTIME=$(date -u -r "$DAEMON_SRC" +%Y-%m-%dT%H:%M:%SZ)
-# HEAD of the checkout when the run started. The binary is not necessarily
-# built from it (anyone may have rebuilt or not rebuilt); its build time and
-# hash identify it, and the report says so.
-GIT_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-GIT_DIRTY=false
-[[ -n $(git -C "$ROOT" status --porcelain -- Sources Package.swift 2>/dev/null) ]] && GIT_DIRTY=true
-
-# fallocate reserves the blocks but leaves them "unwritten": reads of such
-# extents return zeroes without touching the disk (host fio reads them at
-# >1 M IOPS), and the first write to each converts it, a metadata cost only
-# the first back-end to write would pay. Writing the whole image once makes
-# every block an ordinary allocated block for every run.
-log "creating a ${IMG_MIB} MiB image in $WORK"
-fallocate -l "${IMG_MIB}M" "$IMG"
-dd if=/dev/zero of="$IMG" bs=1M count="$IMG_MIB" oflag=direct conv=notrunc,fsync status=none
+bench_daemon "$ROOT" "$WORK"
+bench_image "$IMG" "$IMG_MIB"
 
 CLK_TCK=$(getconf CLK_TCK)
 CPU_MODEL=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)

@@ -1,0 +1,41 @@
+# shellcheck shell=bash
+# Helpers shared by the benchmark scripts (compare.sh, guest-fio-compare.sh). Sourced after
+# scripts/guest/lib.sh (log, die); defines functions only.
+
+# bench_workdir PREFIX: a fresh directory for one benchmark run in WORK, on a disk-backed file system
+# (tmpfs has no O_DIRECT, which both back-ends use on the file store).
+bench_workdir() {
+    WORK=$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/$1.XXXXXX")
+    [[ $(stat -f -c %T "$WORK") != tmpfs ]] || die "BENCH_TMPDIR is tmpfs (no O_DIRECT); pick a disk-backed directory"
+}
+
+# bench_daemon ROOT WORK: builds the release daemon (incrementally: measuring a stale binary would
+# be a silent error) and copies it to WORK/vhost-user-blk, so a rebuild of the checkout while the
+# benchmark runs cannot change what is measured. Sets DAEMON, DAEMON_SHA (full sha256),
+# DAEMON_MTIME (build time), GIT_COMMIT (HEAD of the checkout) and GIT_DIRTY (uncommitted changes
+# under Sources/ or Package.swift).
+# shellcheck disable=SC2034 # the variables it sets are read by the scripts that source this file
+bench_daemon() {
+    local root=$1 work=$2
+    if ! command -v swift >/dev/null && [[ -x /opt/swift/usr/bin/swift ]]; then PATH=/opt/swift/usr/bin:$PATH; fi
+    command -v swift >/dev/null || die "swift not found: it builds the daemon under test"
+    log "building the release daemon"
+    (cd "$root" && swift build -c release --product vhost-user-blk >&2)
+    DAEMON=$work/vhost-user-blk
+    cp "$root/.build/release/vhost-user-blk" "$DAEMON"
+    DAEMON_SHA=$(sha256sum "$DAEMON" | cut -d' ' -f1)
+    DAEMON_MTIME=$(date -u -r "$root/.build/release/vhost-user-blk" +%Y-%m-%dT%H:%M:%SZ)
+    GIT_COMMIT=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    GIT_DIRTY=false
+    if [[ -n $(git -C "$root" status --porcelain -- Sources Package.swift 2>/dev/null) ]]; then GIT_DIRTY=true; fi
+}
+
+# bench_image PATH MIB: a raw image whose every block is allocated and written. fallocate alone
+# leaves "unwritten" extents: reads of them return zeroes without touching the disk (host fio reads
+# them at > 1 M IOPS), and the first write to each converts it, a metadata cost only the first
+# back-end to write would pay. Writing the whole image once makes every run see the same disk.
+bench_image() {
+    log "creating a $2 MiB image at $1"
+    fallocate -l "$2M" "$1"
+    dd if=/dev/zero of="$1" bs=1M count="$2" oflag=direct conv=notrunc,fsync status=none
+}
