@@ -110,10 +110,10 @@ public final class AioEngine: BlockEngine, @unchecked Sendable {
     public func enqueue(_ request: BlockRequest) {
         precondition(inFlight < capacity, "AioEngine: more requests enqueued than its capacity")
         inFlight &+= 1
-        let result: Int32
+        var result: Int32
         switch request.operation {
-        case .read, .write:
-            let isWrite = request.operation == .write
+        case .read, .write, .writeDurable:
+            let isWrite = request.operation.isWrite
             guard request.iovecCount >= 0, request.iovecs != nil || request.iovecCount == 0 else {
                 result = -EINVAL
                 break
@@ -125,6 +125,8 @@ public final class AioEngine: BlockEngine, @unchecked Sendable {
             if isWrite {
                 var source: IovecCursor? = IovecCursor(request.iovecs, count: request.iovecCount)
                 result = sync.write(offset: request.offset, length: request.length, source: &source)
+                // The bounce path writes with pwrite: make a durable write durable the plain way.
+                if result == 0 && request.operation == .writeDurable { result = SyncFileIO.flush(fd: fd) }
             } else {
                 result = sync.read(offset: request.offset, length: request.length,
                                    iovecs: request.iovecs, count: request.iovecCount)
@@ -148,6 +150,7 @@ public final class AioEngine: BlockEngine, @unchecked Sendable {
         let slot = Int(freeSlots[freeCount])
         cvh_bio_prep_rw(iocbs + slot, isWrite ? 1 : 0, fd, request.iovecs, request.iovecCount,
                         request.offset, eventFD, UInt64(slot))
+        if request.operation == .writeDurable { cvh_bio_set_dsync(iocbs + slot) }
         slotTags[slot] = request.tag
         slotLengths[slot] = request.length
         pending[pendingCount] = iocbs + slot

@@ -9,6 +9,12 @@ import Glibc
 /// What a request does. Raw values are stable so the caller may store them in a byte.
 public enum BlockOperation: UInt8, Sendable {
     case read, write, flush, discard, writeZeroes, writeZeroesUnmap
+    /// A write that is durable when it completes (write-through caching): the data and the metadata
+    /// needed to read it back are on stable storage, as if an fdatasync of that range followed.
+    case writeDurable
+
+    /// Whether the operation stores data the caller provides.
+    @inlinable public var isWrite: Bool { self == .write || self == .writeDurable }
 }
 
 /// One request. Plain value, no references: nothing to retain on the hot path.

@@ -68,7 +68,7 @@ public final class MemoryEngine: BlockEngine, @unchecked Sendable {
         case .read:
             var cursor = IovecCursor(request.iovecs, count: request.iovecCount)
             return cursor.scatter(from: base + offset, length: length) == length ? 0 : -EINVAL
-        case .write:
+        case .write, .writeDurable: // RAM has no volatile cache beyond itself
             if readOnly { return -EBADF }
             var cursor = IovecCursor(request.iovecs, count: request.iovecCount)
             return cursor.gather(into: base + offset, length: length) == length ? 0 : -EINVAL

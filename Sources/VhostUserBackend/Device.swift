@@ -42,6 +42,10 @@ public protocol VhostUserDevice: AnyObject {
     var maxQueueSize: UInt16 { get }
     /// Config space bytes [offset, offset+size), or nil when the window is outside the config space.
     func readConfig(offset: Int, size: Int) -> [UInt8]?
+    /// A driver's write to the config space (SET_CONFIG), made while every queue is stopped and drained;
+    /// queues restart afterwards from `makeQueue`, so they see the new configuration. Throws (with the
+    /// reason) for a field that is not writable or a value that is not allowed.
+    func writeConfig(offset: Int, data: [UInt8]) throws
     /// A processor for queue `index` over a mapped ring, with the features the driver acknowledged,
     /// and its poll pass.
     func makeQueue(index: Int, ring: SplitQueue, memory: GuestMemoryMap, features: VirtioFeatures) throws

@@ -117,8 +117,21 @@ extension Session {
             return false
         case .setConfig(let access):
             try requireProtocol(.config, raw)
-            // No writable config field is offered (CONFIG_WCE is not), so every write is refused.
-            throw SessionError("SET_CONFIG offset \(access.offset) size \(access.size): no writable config field")
+            // vhost-user.rst: the flags say who writes; only the driver's own writes (FRONTEND) change
+            // the device. The migration flag would restore state we do not migrate.
+            guard access.flags == ConfigAccess.flagFrontend else {
+                throw SessionError("SET_CONFIG with flags \(access.flags): only front-end (driver) writes are supported")
+            }
+            // Queues drain and stop first, so no request straddles the change, then restart with it.
+            for i in workers.indices { stopWorker(i) }
+            var failure: Error?
+            do {
+                try device.writeConfig(offset: Int(access.offset), data: access.data)
+            } catch {
+                failure = error
+            }
+            try restartAll()
+            if let failure { throw failure }
         }
         return true
     }

@@ -19,7 +19,8 @@ public final class VirtioBlkDevice<E: BlockEngine>: VhostUserDevice {
     let cpus: [Int]
     public let features: VirtioFeatures
     public let protocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots]
-    public let config: BlkConfig
+    /// Changed only by `writeConfig` (CONFIG_WCE), on the control thread, with every queue stopped.
+    public private(set) var config: BlkConfig
     let serial: String
 
     /// `makeEngine(depth)` builds one engine per queue start (never per request). `makePoller` returns
@@ -36,6 +37,8 @@ public final class VirtioBlkDevice<E: BlockEngine>: VhostUserDevice {
         var blk = BlkFeature.sizeMax | BlkFeature.segMax | BlkFeature.blkSize | BlkFeature.topology
             | BlkFeature.flush | BlkFeature.mq
         if store.readOnly { blk |= BlkFeature.readOnly }
+        // The driver may switch write-back / write-through (a read-only disk has no cache to switch).
+        if !store.readOnly { blk |= BlkFeature.configWCE }
         // Discard and write-zeroes change data: never offered on a read-only disk.
         if store.supportsDiscard && !store.readOnly { blk |= BlkFeature.discard }
         if store.supportsWriteZeroes && !store.readOnly { blk |= BlkFeature.writeZeroes }
@@ -63,14 +66,35 @@ public final class VirtioBlkDevice<E: BlockEngine>: VhostUserDevice {
         return Array(space[offset..<offset + size])
     }
 
+    public func writeConfig(offset: Int, data: [UInt8]) throws {
+        guard features.rawValue & BlkFeature.configWCE != 0 else {
+            throw DaemonError(argument: nil, "config space is read-only (CONFIG_WCE not offered)")
+        }
+        guard offset == BlkConfig.writebackOffset, data.count == 1, data[0] <= 1 else {
+            throw DaemonError(argument: nil, "config write of \(data.count) byte(s) at \(offset): only writeback (offset \(BlkConfig.writebackOffset), 0 or 1) is writable")
+        }
+        let writeback = data[0] == 1
+        guard writeback != config.writeback else { return }
+        if !writeback {
+            // Entering write-through: writes acknowledged under write-back may still sit in a volatile
+            // cache, and the driver will not send FLUSH any more. Make them durable now.
+            let r = store.flushSync()
+            guard r == 0 else { throw DaemonError(argument: nil, "fdatasync before switching to write-through: errno \(-r)") }
+        }
+        config.writeback = writeback
+    }
+
     public func makeQueue(index: Int, ring: SplitQueue, memory: GuestMemoryMap, features acked: VirtioFeatures) throws
         -> (queue: BlkQueue<E>, poll: QueuePoller) {
         let f = acked.rawValue
-        let params = BlkQueueParams(
+        var params = BlkQueueParams(
             capacitySectors: config.capacitySectors, blockSize: config.blockSize, readOnly: store.readOnly,
             flush: f & BlkFeature.flush != 0, discard: f & BlkFeature.discard != 0,
             writeZeroes: f & BlkFeature.writeZeroes != 0, writeZeroesMayUnmap: config.writeZeroesMayUnmap,
             serial: serial)
+        // Without CONFIG_WCE negotiated the mode is the device's default (write-back, announced by
+        // FLUSH); with it, whatever the driver last wrote.
+        params.writeThrough = !config.writeback
         let queue = BlkQueue(ring: ring, memory: memory, engine: try makeEngine(Int(ring.size)), params: params)
         return (queue, makePoller(queue))
     }

@@ -72,6 +72,9 @@ public struct BlkConfig: Equatable, Sendable {
 
     /// Layout of `struct virtio_blk_config` up to write_zeroes_may_unmap and its padding (60 bytes).
     public static let encodedSize = 60
+    /// Offset of the `writeback` byte: the only field a driver may write (VIRTIO_BLK_F_CONFIG_WCE,
+    /// virtio 1.2 §5.2.4).
+    public static let writebackOffset = 32
 
     public var encoded: [UInt8] {
         var b = [UInt8](repeating: 0, count: Self.encodedSize)
@@ -90,7 +93,7 @@ public struct BlkConfig: Equatable, Sendable {
         put(UInt8(0), at: 25)
         put(UInt16(1), at: 26)
         put(UInt32(0), at: 28) // opt_io_size: no preferred size
-        put(UInt8(writeback ? 1 : 0), at: 32)
+        put(UInt8(writeback ? 1 : 0), at: Self.writebackOffset)
         put(numQueues, at: 34)
         if discard {
             put(Self.maxRangeSectors, at: 36)

@@ -8,6 +8,9 @@ public struct BlkQueueParams: Sendable {
     public var discard: Bool
     public var writeZeroes: Bool
     public var writeZeroesMayUnmap: Bool
+    /// Write-through caching (the driver cleared `writeback` through CONFIG_WCE): every write is durable
+    /// when it completes, so the driver need not send FLUSH.
+    public var writeThrough: Bool = false
     /// GET_ID answer: the serial, NUL-padded or truncated to 20 bytes.
     public var serial: [UInt8]
 

@@ -74,7 +74,7 @@ extension BlkQueue {
                 return fail(BlkStatus.ioError, "more than \(Self.iovecsPerSlot) data segments")
             }
             return submit(head: head, status: status, usedLength: isRead ? UInt32(truncatingIfNeeded: writableBytes) : 1,
-                          BlockRequest(tag: UInt32(head), operation: isRead ? .read : .write,
+                          BlockRequest(tag: UInt32(head), operation: isRead ? .read : (params.writeThrough ? .writeDurable : .write),
                                        offset: sector &* BlkConfig.sectorSize, length: bytes, iovecs: iov, iovecCount: Int32(count)))
         case BlkRequestType.flush:
             guard params.flush else { return fail(BlkStatus.unsupported, "") }

@@ -36,6 +36,13 @@ static inline void cvh_bio_prep_rw(struct iocb *cb, int is_write, int fd, const 
     cb->data = (void *)(uintptr_t)data;
 }
 
+// Per-request RWF_* flags (kernel ≥ 4.13 honours them for libaio). Set after cvh_bio_prep_rw, which
+// clears the iocb. RWF_DSYNC makes one write durable on completion without an fdatasync of the file.
+// RWF_DSYNC's value from the kernel's uapi <linux/fs.h> (a stable ABI since Linux 4.7); glibc only
+// defines it under _GNU_SOURCE, which the Swift importer does not set.
+#define CVH_RWF_DSYNC 0x00000002
+static inline void cvh_bio_set_dsync(struct iocb *cb) { cb->aio_rw_flags = CVH_RWF_DSYNC; }
+
 // Inline twins of cvh_aio_event_data/res (cvhost.h), for the per-completion reap loop.
 static inline uint64_t cvh_bio_event_data(const struct io_event *ev) {
     return (uint64_t)(uintptr_t)ev->data;
