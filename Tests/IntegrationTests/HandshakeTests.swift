@@ -7,6 +7,7 @@ let expectedFeatures: VirtioFeatures = [
     .version1, .ringIndirectDesc, .ringEventIdx, .protocolFeatures,
     VirtioBlkFeature.sizeMax, VirtioBlkFeature.segMax, VirtioBlkFeature.blkSize, VirtioBlkFeature.flush,
     VirtioBlkFeature.topology, VirtioBlkFeature.multiQueue, VirtioBlkFeature.discard, VirtioBlkFeature.writeZeroes,
+    VirtioBlkFeature.configWCE,
 ]
 let expectedProtocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots]
 

@@ -179,9 +179,9 @@ struct RequestSemanticsTests {
         let f = try daemon.connect()
         try daemon.run(f) { () throws in
             let hs = try f.handshake(queues: 1, queueSize: 64)
-            // The contract adds RO to the usual set. Withholding DISCARD and WRITE_ZEROES from a
-            // read-only disk is also accepted: a guest could not use them anyway.
-            let rangeCommands = VirtioBlkFeature.discard.union(VirtioBlkFeature.writeZeroes)
+            // The contract adds RO to the usual set. Withholding DISCARD, WRITE_ZEROES and CONFIG_WCE
+            // from a read-only disk is also accepted: a guest could not use them anyway.
+            let rangeCommands = VirtioBlkFeature.discard.union(VirtioBlkFeature.writeZeroes).union(VirtioBlkFeature.configWCE)
             #expect(hs.offeredFeatures.contains(VirtioBlkFeature.readOnly), "\(hs.offeredFeatures)")
             #expect(hs.offeredFeatures.subtracting(rangeCommands) == expectedFeatures.union(VirtioBlkFeature.readOnly).subtracting(rangeCommands),
                     "\(hs.offeredFeatures)")

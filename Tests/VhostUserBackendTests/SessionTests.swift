@@ -88,7 +88,9 @@ struct FailingRequest: Sendable, CustomTestStringConvertible {
     FailingRequest(name: "queue index 255 in SET_VRING_ENABLE", request: .setVringEnable, payload: VringState(index: 255, num: 1).encoded),
     FailingRequest(name: "SET_FEATURES with unoffered bits", request: .setFeatures, payload: PayloadEncoding.u64(1 << 34 | 1 << 32 | 1 << 30)),
     FailingRequest(name: "SET_VRING_BASE above 16 bits", request: .setVringBase, payload: VringState(index: 0, num: 0x10000).encoded),
-    FailingRequest(name: "SET_CONFIG", request: .setConfig, payload: ConfigAccess(offset: 32, size: 1, flags: 0, data: [0]).encoded),
+    // Only the writeback byte (offset 32) is writable, and only with 0 or 1 (CONFIG_WCE).
+    FailingRequest(name: "SET_CONFIG of the capacity", request: .setConfig, payload: ConfigAccess(offset: 0, size: 1, flags: 0, data: [0]).encoded),
+    FailingRequest(name: "SET_CONFIG writeback = 2", request: .setConfig, payload: ConfigAccess(offset: 32, size: 1, flags: 0, data: [2]).encoded),
     FailingRequest(name: "REM_MEM_REG of an unknown region", request: .remMemReg,
                    payload: PayloadEncoding.singleRegion(MemoryRegionDescription(guestPhysicalAddress: 0x7000_0000, size: 4096, userAddress: 1, mmapOffset: 0))),
 ])
