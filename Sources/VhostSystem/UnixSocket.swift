@@ -10,9 +10,11 @@ public final class UnixSocket: @unchecked Sendable {
     public init(adopting fd: FileDescriptor) { self.fd = fd }
 
     /// Creates, binds and listens on `path` with permission `mode` (0600 by default: only the owner,
-    /// the user QEMU runs as, may connect). Refuses to replace anything that is not a stale socket,
-    /// and never follows a symlink at `path`.
-    public static func listen(path: String, mode: mode_t = 0o600, backlog: Int32 = 1) throws -> UnixSocket {
+    /// the user QEMU runs as, may connect) and, if given, `owner` and `group`. Refuses to replace
+    /// anything that is not a stale socket, and never follows a symlink at `path`. Ownership and mode
+    /// are settled before listen(), so no connection can be accepted under the wrong permissions.
+    public static func listen(path: String, mode: mode_t = 0o600, owner: uid_t? = nil, group: gid_t? = nil,
+                              backlog: Int32 = 1) throws -> UnixSocket {
         var st = Glibc.stat()
         if lstat(path, &st) == 0 {
             guard (st.st_mode & S_IFMT) == S_IFSOCK else {
@@ -29,8 +31,9 @@ public final class UnixSocket: @unchecked Sendable {
         if raw < 0 { throw SystemError.current("socket") }
         let sock = UnixSocket(adopting: FileDescriptor(adopting: raw))
         var addr = try makeAddress(path)
-        // The umask makes the socket file 0600 from the moment it exists, leaving no window in which
-        // another user could connect; chmod afterwards applies modes wider than 0600 if asked.
+        // The umask gives the socket file `mode` from the moment it exists (bind creates it 0777 minus
+        // the umask), leaving no window in which another user could connect. The umask is per
+        // process: callers listen before starting threads that create files.
         let old = umask(~mode & 0o777)
         let r = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
@@ -39,10 +42,49 @@ public final class UnixSocket: @unchecked Sendable {
         }
         umask(old)
         if r < 0 { throw SystemError.current("bind", context: path) }
-        _ = chmod(path, mode)
+        do {
+            try setOwnerAndMode(path: path, mode: mode, owner: owner, group: group)
+        } catch {
+            // Leave no socket file behind with permissions other than those asked for.
+            unlink(path)
+            throw error
+        }
         if Glibc.listen(raw, backlog) < 0 { throw SystemError.current("listen", context: path) }
         return sock
     }
+
+    /// Applies owner, group and mode to the socket file just bound at `path` without following a
+    /// symlink: whoever can write to the directory could swap the file between bind() and here, so the
+    /// entry is opened O_PATH|O_NOFOLLOW, checked to be a socket, and changed through that fd (chown
+    /// via fchownat(AT_EMPTY_PATH), chmod via /proc/self/fd, which names exactly the inode we checked).
+    /// chmod and chown on the path would follow a symlink planted there and change its target.
+    private static func setOwnerAndMode(path: String, mode: mode_t, owner: uid_t?, group: gid_t?) throws {
+        let raw = cvh_open_path_nofollow(path)
+        if raw < 0 {
+            throw SystemError("open(O_PATH|O_NOFOLLOW)", errno: -raw, context: "\(path) (replaced after bind?)")
+        }
+        let entry = FileDescriptor(adopting: raw)
+        var st = try entry.stat()
+        guard (st.st_mode & S_IFMT) == S_IFSOCK else {
+            throw SystemError("bind", errno: EEXIST, context: "\(path) is no longer the socket we bound")
+        }
+        if owner != nil || group != nil {
+            // (uid_t)-1 / (gid_t)-1: leave that id as it is.
+            let e = cvh_fchown_fd(raw, owner ?? uid_t.max, group ?? gid_t.max)
+            if e < 0 {
+                throw SystemError("fchownat", errno: -e, context: "\(path) to owner \(owner.map(String.init) ?? "-") group \(group.map(String.init) ?? "-")")
+            }
+            st = try entry.stat()
+        }
+        // The umask already gave the mode in the common case; a default ACL on the directory overrides
+        // the umask, and is what this corrects.
+        if st.st_mode & 0o7777 != mode & 0o7777 {
+            if chmod("/proc/self/fd/\(raw)", mode) != 0 {
+                throw SystemError.current("chmod", context: "\(path) to \(String(mode, radix: 8)) (through /proc/self/fd)")
+            }
+        }
+    }
+
 
     public static func connect(path: String) throws -> UnixSocket {
         let raw = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -164,3 +206,31 @@ public final class UnixSocket: @unchecked Sendable {
         return addr
     }
 }
+
+/// The socket file a daemon created, to remove on stop. Holds its directory open from creation (while
+/// still privileged), so that removal after a privilege drop needs write permission on that directory
+/// only, not search permission on every directory above it (e.g. a socket in /run/vm0/ whose parent
+/// the dropped user cannot enter).
+public final class SocketFile: @unchecked Sendable {
+    public let path: String
+    private let directory: FileDescriptor?
+    private let name: String
+
+    public init(path: String) {
+        self.path = path
+        let slash = path.utf8.lastIndex(of: UInt8(ascii: "/"))
+        let dir = slash.map { i in i == path.utf8.startIndex ? "/" : String(path[..<i]) } ?? "."
+        name = slash.map { String(path[path.utf8.index(after: $0)...]) } ?? path
+        let raw = cvh_open_directory_path(dir)
+        // Without the handle, removal falls back to the path.
+        directory = raw >= 0 ? FileDescriptor(adopting: raw) : nil
+    }
+
+    /// Unlinks the socket file. Throws when it cannot, e.g. EACCES after the daemon dropped
+    /// privileges to a user without write permission on the directory.
+    public func remove() throws(SystemError) {
+        let r = directory.map { unlinkat($0.rawValue, name, 0) } ?? unlink(path)
+        if r != 0 { throw .current("unlink", context: path) }
+    }
+}
+
