@@ -47,15 +47,18 @@ public enum Daemon {
     private static func serve<E>(_ device: VirtioBlkDevice<E>, _ configuration: DaemonConfiguration,
                                  sigfd: FileDescriptor, logger: Logger) throws {
         let listener: UnixSocket
-        var socketPath: String?
+        var socketFile: SocketFile?
         switch configuration.listen {
         case .path(let p):
             do {
-                listener = try UnixSocket.listen(path: p)
+                listener = try UnixSocket.listen(path: p, mode: configuration.socketMode,
+                                                 owner: configuration.socketOwner, group: configuration.socketGroup)
+            } catch let e as SystemError where e.operation == "fchownat" {
+                throw DaemonError(argument: configuration.socketOwner != nil ? "--socket-owner" : "--socket-group", "\(e)")
             } catch {
                 throw DaemonError(argument: "--socket", "\(error)")
             }
-            socketPath = p
+            socketFile = SocketFile(path: p)
         case .inheritedFD(let fd):
             guard UnixSocket.isListeningSocket(fd) else {
                 throw DaemonError(argument: "--listen-fd", "fd \(fd) is not a listening stream socket")
@@ -65,7 +68,28 @@ public enum Daemon {
         }
         defer {
             // Remove only the socket we created: an inherited socket belongs to whoever made it.
-            if let p = socketPath { unlink(p) }
+            if let f = socketFile {
+                do {
+                    try f.remove()
+                } catch {
+                    // Expected after --user when the new user may not write to the socket's directory.
+                    // Not an error: the next start replaces a stale socket file.
+                    logger.warning("cannot remove the socket file on exit: \(error)\(configuration.runAs.map { "; the --user \($0.name ?? String($0.uid)) needs write permission on its directory, or remove it by hand" } ?? "")")
+                }
+            }
+        }
+        // The last privileged step: the store is open and the socket listens (both may need root).
+        // Done before the signal thread and any queue worker exist, so no other thread runs while the
+        // ids change and none ever runs as root. Guest memory (memfd/hugetlbfs fds from QEMU), eventfds,
+        // io_setup and CPU pinning of our own threads need no privilege; the store's fd keeps the
+        // access it was opened with (O_DIRECT, BLKDISCARD/BLKZEROOUT on a block device included).
+        if let target = configuration.runAs {
+            do {
+                try Privileges.drop(to: target)
+            } catch {
+                throw DaemonError(argument: "--user", "cannot drop privileges: \(error)")
+            }
+            logger.info("dropped privileges to \(target); setuid(0) refused, root cannot be regained")
         }
         let server = try VhostUserServer(listener: listener, device: device, logger: logger)
         let signals = try PinnedThread(name: "signals", cpu: nil) {

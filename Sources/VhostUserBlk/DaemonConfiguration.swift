@@ -1,4 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import BlockIO
+import VhostSystem
 
 /// Why the daemon cannot start: the argument at fault and what is wrong with it.
 public struct DaemonError: Error, CustomStringConvertible {
@@ -29,6 +33,14 @@ public struct DaemonConfiguration: Sendable {
     /// back-to-back requests is served without a kick, short enough that an idle disk costs little CPU
     /// (cloud-hypervisor polls 50 µs after each kick; QEMU's iothread default poll-max-ns is 32 µs).
     public var pollMicroseconds: Int = 50
+    /// Owner and group given to the socket file (`--socket-owner`, `--socket-group`); nil keeps the
+    /// daemon's own. Typically the user and group QEMU runs as (libvirt: libvirt-qemu / kvm).
+    public var socketOwner: uid_t? = nil
+    public var socketGroup: gid_t? = nil
+    /// The socket file's permission bits (`--socket-mode`). See `allowedSocketModeBits`.
+    public var socketMode: mode_t = 0o600
+    /// Who to become once the store is open and the socket listens (`--user`); nil: stay as started.
+    public var runAs: Credentials? = nil
 
     public init(listen: Listen, backing: BackingOptions) {
         self.listen = listen
@@ -38,6 +50,13 @@ public struct DaemonConfiguration: Sendable {
     /// QEMU supports up to 1024 queues per virtio device, but vhost-user's SET_VRING_* messages encode the
     /// queue index in 8 bits, so 256 is the protocol's hard limit.
     public static let maxQueues = 256
+
+    /// Whoever can connect to the socket is a full front-end: it can read and overwrite the whole disk.
+    /// So the mode may grant owner and group read/write only: never "other", and no execute, setuid,
+    /// setgid or sticky bits (meaningless on a socket, and a sign of a typo such as 0666 or 0777).
+    /// The owner keeps read/write (0600 at least), because connect() needs write permission and the
+    /// owner is who QEMU normally runs as. Allowed: 0600, 0620, 0640, 0660.
+    public static let allowedSocketModeBits: mode_t = 0o660
 
     public func validate() throws(DaemonError) {
         guard (1...Self.maxQueues).contains(queues) else {
@@ -65,6 +84,16 @@ public struct DaemonConfiguration: Sendable {
             }
         }
         if case .path(let p) = listen, p.isEmpty { throw DaemonError(argument: "--socket", "empty path") }
+        guard socketMode & ~Self.allowedSocketModeBits == 0, socketMode & 0o600 == 0o600 else {
+            throw DaemonError(argument: "--socket-mode",
+                              "must grant owner rw and nothing beyond owner/group rw (0600, 0620, 0640 or 0660), got 0\(String(socketMode, radix: 8))")
+        }
+        if case .inheritedFD = listen {
+            // An inherited socket was created (and given its permissions) by whoever passed it.
+            if socketOwner != nil { throw DaemonError(argument: "--socket-owner", "only with --socket, not an inherited socket") }
+            if socketGroup != nil { throw DaemonError(argument: "--socket-group", "only with --socket, not an inherited socket") }
+            if socketMode != 0o600 { throw DaemonError(argument: "--socket-mode", "only with --socket, not an inherited socket") }
+        }
     }
 
     /// A serial that stays the same across restarts on the same backing store (guests key mounts and
@@ -91,4 +120,14 @@ public func parseSize(_ text: String) -> UInt64? {
         return n << shift
     }
     return UInt64(text)
+}
+
+/// Parses a permission mode written in octal: "0660", "660" or "0o660"; nil for anything else
+/// (including values above 07777).
+public func parseOctalMode(_ text: String) -> mode_t? {
+    let digits = text.hasPrefix("0o") ? String(text.dropFirst(2)) : text
+    guard !digits.isEmpty, digits.utf8.count <= 5,
+          digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "7") }),
+          let v = mode_t(digits, radix: 8), v <= 0o7777 else { return nil }
+    return v
 }

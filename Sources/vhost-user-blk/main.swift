@@ -13,10 +13,26 @@ struct VhostUserBlkCommand: ParsableCommand {
             QEMU: -object memory-backend-memfd,id=mem,size=1G,share=on -machine memory-backend=mem \\
                   -chardev socket,id=c0,path=SOCK -device vhost-user-blk-pci,chardev=c0,num-queues=N
             Logs go to stderr. SIGTERM/SIGINT drain in-flight I/O, remove the socket and exit 0.
+            Security: the socket is created 0600 and never through a symlink. Started as root with
+            --user, the daemon opens --backing and the socket first, then runs as USER (the socket
+            file can then only be removed on exit if USER may write to its directory).
+            Example for libvirt: --socket-owner libvirt-qemu --socket-group kvm --socket-mode 0660.
             """)
 
-    @Option(help: "Unix socket path to listen on (created mode 0600).")
+    @Option(help: "Unix socket path to listen on (created mode 0600, see --socket-mode).")
     var socket: String?
+
+    @Option(name: .customLong("socket-owner"), help: "Owner of the socket file (user name or uid), e.g. libvirt-qemu.")
+    var socketOwner: String?
+
+    @Option(name: .customLong("socket-group"), help: "Group of the socket file (group name or gid), e.g. kvm.")
+    var socketGroup: String?
+
+    @Option(name: .customLong("socket-mode"), help: "Socket file mode in octal: 0600 (default), 0620, 0640 or 0660 (group may connect). Never grants others.")
+    var socketMode: String?
+
+    @Option(help: "After opening --backing and listening, drop root for USER[:GROUP] (or UID[:GID]) with its supplementary groups.")
+    var user: String?
 
     @Option(name: .customLong("listen-fd"), help: "Use an inherited listening socket fd instead of --socket (libvirt, systemd LISTEN_FDS).")
     var listenFD: Int32?
@@ -91,6 +107,20 @@ struct VhostUserBlkCommand: ParsableCommand {
         c.maxQueueSize = queueSize16
         c.serial = serial
         c.pollMicroseconds = pollUS
+        // Names are resolved now, before anything is opened: a typo fails at once, naming the argument.
+        do {
+            if let o = socketOwner { c.socketOwner = try Privileges.userID(o) }
+        } catch { throw ValidationError("--socket-owner: \(error)") }
+        do {
+            if let g = socketGroup { c.socketGroup = try Privileges.groupID(g) }
+        } catch { throw ValidationError("--socket-group: \(error)") }
+        do {
+            if let u = user { c.runAs = try Privileges.credentials(u) }
+        } catch { throw ValidationError("--user: \(error)") }
+        if let m = socketMode {
+            guard let mode = parseOctalMode(m) else { throw ValidationError("--socket-mode: not an octal mode: \(m)") }
+            c.socketMode = mode
+        }
         if let list = cpus {
             guard let parsed = parseCPUList(list) else { throw ValidationError("--cpus: not a CPU list: \(list)") }
             c.cpus = parsed
