@@ -15,6 +15,9 @@
 #   - a backend restart while a `full` guest runs (QEMU reconnect=1): the
 #     guest's remaining checks must pass on the new process (E2E_RECONNECT=0
 #     skips it)
+#   - QEMU SIGKILLed while fio writes on every queue: the backend must survive,
+#     and a new guest on the same backend process passes `full` (E2E_QEMU_KILL=0
+#     skips it)
 #   - `full` mode with guest RAM on 2 MiB hugepages (unless MEMORY=hugepages
 #     already put every run there, or E2E_HUGEPAGES=0).
 # Ends with "e2e: N passed, M failed"; exit status is non-zero on any failure.
@@ -28,6 +31,8 @@
 #                afterwards (qemu-configs/setup-hugepages.sh)
 #   E2E_HUGEPAGES  1 (default): the extra hugepage run; 0: skip it
 #   E2E_RECONNECT  1 (default): the restart-under-a-running-guest run; 0: skip
+#   E2E_QEMU_KILL  1 (default): QEMU SIGKILLed during fio, then a new guest on
+#                the same backend process; 0: skip
 #   EXPECT_SERIAL  serial the guest must see; default "vhost_user_blk" for qsd
 #                (its fixed serial), "vub-e2e-serial" for ours, which gets it
 #                as --serial. Empty: not checked (and not passed).
@@ -279,6 +284,40 @@ if [[ ${E2E_RECONNECT:-1} == 1 ]]; then
         fi
         guest_finish "$tag" || true
         if [[ -n $BPID ]]; then stop_backend "$tag-2nd"; fi
+    fi
+fi
+
+# QEMU killed mid-I/O (a crashed or destroyed VM): the backend must drain what is
+# in flight, drop the session and unmap the guest's memory without crashing, and
+# serve the next QEMU. The guest runs fio (random writes on every queue); once fio
+# has started, the QEMU process gets SIGKILL; a second guest then runs the full
+# checks against the same backend process.
+if [[ ${E2E_QEMU_KILL:-1} == 1 ]]; then
+    q=${QUEUES_LIST##* }
+    tag=q$q-qemu-killed
+    if start_backend "$tag" "$q"; then
+        # 60 s of fio: far longer than the kill below needs, so the kill lands mid-I/O.
+        guest_start "$tag" --queues "$q" --mode bench --guest-param bench_rw=randwrite \
+            --guest-param bench_runtime=60 --guest-param bench_jobs="$q"
+        if guest_wait_for "$tag" '^VTEST-BENCH-START'; then
+            # A moment of I/O first: a workload duration, not a readiness guess (fio is running).
+            sleep 2
+            pkill -KILL -f "qemu-system-x86_64 .*path=$SOCK" || true
+            st=0
+            wait "$CPID" || st=$?
+            CPID=
+            record "$tag: QEMU killed during fio" "$([[ $st != 0 ]] && echo 0 || echo 1)" "run-guest exit $st"
+            st=0
+            kill -0 "$BPID" 2>/dev/null || st=1
+            record "$tag: backend survived" "$st"
+            if ((st == 0)); then
+                run_guest "$tag-next" --queues "$q" --mode full || true
+            fi
+        else
+            record "$tag: guest reached fio" 1
+            guest_finish "$tag" || true
+        fi
+        if [[ -n $BPID ]]; then stop_backend "$tag"; fi
     fi
 fi
 
