@@ -83,3 +83,47 @@ public func runLibFuzzer(_ testOneInput: @convention(c) (UnsafePointer<UInt8>?, 
     var argv = CommandLine.unsafeArgv
     exit(LLVMFuzzerRunDriver(&argc, &argv, testOneInput))
 }
+
+/// sendmsg with any number of fds in one SCM_RIGHTS message. VhostSystem's send caps the list at the
+/// protocol's 8; a hostile front-end does not, and the receiver's truncation handling is under test.
+/// The cmsg layout is spelled out by hand (x86_64/arm64 Linux: 16-byte header, 8-byte alignment)
+/// because Swift cannot import the CMSG_* macros.
+public func sendRaw(_ socket: Int32, _ bytes: [UInt8], fds: [Int32]) -> Bool {
+    let dataLen = fds.count * MemoryLayout<Int32>.size
+    let header = MemoryLayout<cmsghdr>.size
+    let space = fds.isEmpty ? 0 : header + (dataLen + 7) & ~7
+    var control = [UInt8](repeating: 0, count: max(space, 1))
+    var bytes = bytes
+    return bytes.withUnsafeMutableBytes { data in
+        control.withUnsafeMutableBytes { ctl in
+            if !fds.isEmpty {
+                let c = ctl.baseAddress!.assumingMemoryBound(to: cmsghdr.self)
+                c.pointee.cmsg_len = header + dataLen
+                c.pointee.cmsg_level = SOL_SOCKET
+                c.pointee.cmsg_type = Int32(SCM_RIGHTS)
+                for (i, fd) in fds.enumerated() {
+                    ctl.storeBytes(of: fd, toByteOffset: header + 4 * i, as: Int32.self)
+                }
+            }
+            var iov = iovec(iov_base: data.baseAddress, iov_len: data.count)
+            return withUnsafeMutablePointer(to: &iov) { iovp in
+                var msg = msghdr()
+                msg.msg_iov = iovp
+                msg.msg_iovlen = 1
+                msg.msg_control = fds.isEmpty ? nil : ctl.baseAddress
+                msg.msg_controllen = space
+                var sent = 0
+                while sent < data.count {
+                    let r = sendmsg(socket, &msg, Int32(MSG_NOSIGNAL))
+                    if r < 0 { if errno == EINTR { continue }; return false }
+                    sent += r
+                    // fds ride with the first chunk only.
+                    msg.msg_control = nil; msg.msg_controllen = 0
+                    iovp.pointee.iov_base = data.baseAddress! + sent
+                    iovp.pointee.iov_len = data.count - sent
+                }
+                return true
+            }
+        }
+    }
+}

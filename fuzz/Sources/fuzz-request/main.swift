@@ -12,21 +12,6 @@ import FuzzSupport
 import VhostSystem
 import VhostUserProtocol
 
-runLibFuzzer { data, size in
-    var input = ByteReader(data, size)
-    let ctl = input.u8()
-    let request = input.u32(), flags = input.u32()
-    // Channel.receive never produces more than maxPayloadSize bytes; stay inside its contract.
-    let payload = [UInt8](input.take(ProtocolLimits.maxPayloadSize))
-    let fdCount = Int(ctl & 0x0f)
-    let raw = (0..<fdCount).map { _ in ctl & 0x10 != 0 ? FuzzFD.memfd() : FuzzFD.eventfd() }
-    decode(request: request, flags: flags, payload: payload, fds: raw)
-    for fd in raw where FuzzFD.isOpen(fd) {
-        fatalError("fd \(fd) of request \(request) still open after the message and its decoding were dropped")
-    }
-    return 0
-}
-
 // A separate function so the message, the request and their FileDescriptor objects are released
 // before the caller checks the fds.
 @inline(never)
@@ -62,4 +47,19 @@ func decode(request: UInt32, flags: UInt32, payload: [UInt8], fds raw: [Int32]) 
 
 func check(_ ok: Bool, _ what: @autoclosure () -> String, _ request: UInt32) {
     if !ok { fatalError("request \(request): \(what())") }
+}
+
+runLibFuzzer { data, size in
+    var input = ByteReader(data, size)
+    let ctl = input.u8()
+    let request = input.u32(), flags = input.u32()
+    // Channel.receive never produces more than maxPayloadSize bytes; stay inside its contract.
+    let payload = [UInt8](input.take(ProtocolLimits.maxPayloadSize))
+    let fdCount = Int(ctl & 0x0f)
+    let raw = (0..<fdCount).map { _ in ctl & 0x10 != 0 ? FuzzFD.memfd() : FuzzFD.eventfd() }
+    decode(request: request, flags: flags, payload: payload, fds: raw)
+    for fd in raw where FuzzFD.isOpen(fd) {
+        fatalError("fd \(fd) of request \(request) still open after the message and its decoding were dropped")
+    }
+    return 0
 }
