@@ -4,7 +4,9 @@
 #   2. unit, protocol, hostile-input and daemon integration tests, and the load generator's tests
 #      (swift test)
 #   3. the hot-path benchmark, which fails if the per-request path allocates (bench/HotPath)
-#   4. end-to-end: a Linux guest in QEMU 7.2 (TCG) on our socket with 1 and 2 queues, checking
+#   4. the same suite under AddressSanitizer (+ LeakSanitizer) and ThreadSanitizer, daemon included
+#      (scripts/sanitizers.sh)
+#   5. end-to-end: a Linux guest in QEMU 7.2 (TCG) on our socket with 1 and 2 queues, checking
 #      capacity, queues, serial, mkfs/fsck, discard, write-zeroes, flush, fio crc32c verify, hugepage
 #      guest memory, then a daemon restart and a read-back of data written before it (scripts/e2e.sh).
 # Exit status 0 only if everything passed.
@@ -24,6 +26,9 @@ grep -Eq "Test run with [0-9]+ tests? (in [0-9]+ suites? )?passed" .build/swift-
 
 echo "== hot-path benchmark: fails if a request allocates"
 bash bench/HotPath/run.sh bench
+
+echo "== the suite under ASan and TSan"
+bash scripts/sanitizers.sh all
 
 echo "== end-to-end guest tests"
 bash scripts/guest/build-artifacts.sh
