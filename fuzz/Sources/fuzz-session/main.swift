@@ -52,6 +52,8 @@ let device: VirtioBlkDevice<MemoryEngine> = {
 }()
 
 signal(SIGPIPE, SIG_IGN)
+/// FUZZ_DEBUG=1: one line per message with the session's outcome (for writing seeds).
+let debug = getenv("FUZZ_DEBUG") != nil
 
 @inline(never)
 func runSession(_ input: inout ByteReader) {
@@ -62,7 +64,7 @@ func runSession(_ input: inout ByteReader) {
     var open = true
     while open && !input.isEmpty {
         let ctl = input.u8()
-        var header = [UInt8](input.take(ProtocolLimits.headerSize))
+        let header = [UInt8](input.take(ProtocolLimits.headerSize))
         // A ctl byte with nothing after it: no bytes to carry fds (sendmsg refuses that), so it is EOF.
         if header.isEmpty { break }
         let declared = header.count == ProtocolLimits.headerSize
@@ -83,6 +85,7 @@ func runSession(_ input: inout ByteReader) {
         // A message cut short must meet EOF, not wait for bytes that never come.
         if input.isEmpty { shutdown(front.fd.rawValue, Int32(SHUT_WR)) }
         open = session.handleNextMessage() == .continueSession
+        if debug { fputs("request \(header.count >= 4 ? header[0] : 0) -> \(open ? "continue" : "closed")\n", stderr) }
         drainReplies(front)
     }
     if open {
