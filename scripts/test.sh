@@ -6,7 +6,9 @@
 #   3. the hot-path benchmark, which fails if the per-request path allocates (bench/HotPath)
 #   4. the same suite under AddressSanitizer (+ LeakSanitizer) and ThreadSanitizer, daemon included
 #      (scripts/sanitizers.sh)
-#   5. end-to-end: a Linux guest in QEMU 7.2 (TCG) on our socket with 1 and 2 queues, checking
+#   5. a bounded libFuzzer run (30 s per target) of the message decoder, a whole session and the
+#      descriptor-chain parser, from the committed seed corpus (fuzz/run.sh)
+#   6. end-to-end: a Linux guest in QEMU 7.2 (TCG) on our socket with 1 and 2 queues, checking
 #      capacity, queues, serial, mkfs/fsck, discard, write-zeroes, flush, fio crc32c verify, hugepage
 #      guest memory, then a daemon restart and a read-back of data written before it (scripts/e2e.sh).
 # Exit status 0 only if everything passed.
@@ -29,6 +31,9 @@ bash bench/HotPath/run.sh bench
 
 echo "== the suite under ASan and TSan"
 bash scripts/sanitizers.sh all
+
+echo "== fuzzing, 30 s per target"
+bash fuzz/run.sh 30
 
 echo "== end-to-end guest tests"
 bash scripts/guest/build-artifacts.sh
