@@ -84,6 +84,17 @@ public final class BlkQueue<E: BlockEngine> {
     public func poll(acceptNew: Bool) throws(QueueError) -> PassResult {
         var progress = 0
         var pushed = false
+        // Requests a previous back-end took and never completed (INFLIGHT_SHMFD) go first, and also
+        // while draining: they were accepted long ago, and the driver is still waiting for them.
+        if ring.resubmissionsPending > 0 {
+            while let head = ring.popResubmission() {
+                guard !slots[Int(head)].busy else {
+                    throw QueueError("in-flight log names head \(head) twice")
+                }
+                if case .completed = start(head: head) { pushed = true }
+                progress += 1
+            }
+        }
         if acceptNew {
             var n = try ring.pending()
             while n > 0 {

@@ -49,6 +49,20 @@ public struct SplitQueue {
     /// used->idx when we last decided whether to notify (EVENT_IDX's "old" index).
     @usableFromInline var signalledUsed: UInt16
 
+    /// This queue's region of the shared in-flight log (INFLIGHT_SHMFD), nil when there is none.
+    @usableFromInline var inflight: UnsafeMutableRawPointer?
+    /// Stamps heads in the order they were taken, so a restarted back-end resubmits oldest first.
+    @usableFromInline var inflightCounter: UInt64 = 1
+    /// Our copy of the log's last_batch_head, and how many heads were pushed since the last publish.
+    @usableFromInline var inflightLastBatchHead: UInt16 = 0
+    @usableFromInline var inflightBatch: UInt16 = 0
+    /// Heads a previous back-end left in flight, oldest first, and how many are still to be taken.
+    @usableFromInline var resubmissions: [UInt16] = []
+    @usableFromInline var resubmitNext = 0
+    /// Resubmissions still to take; a plain counter so the per-pass check touches no array.
+    public var resubmissionsPending: Int { resubmitPending }
+    @usableFromInline var resubmitPending = 0
+
     // Ring layouts (virtio 1.2 §2.7.6, §2.7.8): avail = flags u16, idx u16, ring[size] u16, used_event u16;
     // used = flags u16, idx u16, ring[size] {u32 id, u32 len}, avail_event u16. Descriptors 16 bytes.
     public static func descriptorTableBytes(_ size: UInt16) -> UInt64 { 16 * UInt64(size) }
@@ -100,6 +114,32 @@ public struct SplitQueue {
         let head = (avail + 4 + 2 * slot).loadUnaligned(as: UInt16.self)
         guard head < size else { throw QueueError("avail ring names head \(head), queue size is \(size)") }
         nextAvail &+= 1
+        if let log = inflight { markInFlight(log, head) }
+        return head
+    }
+
+    /// vhost-user.rst "Inflight I/O tracking", taking a head: stamp it with the global counter, then
+    /// mark it in flight. Done before any work on the request, so a crash from here on resubmits it.
+    @inlinable
+    mutating func markInFlight(_ log: UnsafeMutableRawPointer, _ head: UInt16) {
+        let state = log + InflightLayout.headerBytes + InflightLayout.descriptorStateBytes * Int(head)
+        state.storeBytes(of: inflightCounter, toByteOffset: InflightLayout.stateCounterOffset, as: UInt64.self)
+        state.storeBytes(of: 1, toByteOffset: InflightLayout.stateInflightOffset, as: UInt8.self)
+        inflightCounter &+= 1
+    }
+
+    /// The next head a previous back-end took and never completed (see `attachInflight`), or nil.
+    /// Its in-flight mark and counter stay as they are: it is still the same request.
+    @inlinable
+    public mutating func popResubmission() -> UInt16? {
+        guard resubmitPending > 0 else { return nil }
+        let head = resubmissions[resubmitNext]
+        resubmitNext += 1
+        resubmitPending -= 1
+        if resubmitPending == 0 {
+            resubmissions = []
+            resubmitNext = 0
+        }
         return head
     }
 
@@ -117,12 +157,117 @@ public struct SplitQueue {
         e.storeBytes(of: UInt32(head), as: UInt32.self)
         (e + 4).storeBytes(of: length, as: UInt32.self)
         usedIdx &+= 1
+        if let log = inflight {
+            // Spec, supplying used buffers, steps 2-3: chain the head into the current batch.
+            let state = log + InflightLayout.headerBytes + InflightLayout.descriptorStateBytes * Int(head)
+            state.storeBytes(of: inflightLastBatchHead, toByteOffset: InflightLayout.stateNextOffset, as: UInt16.self)
+            log.storeBytes(of: head, toByteOffset: InflightLayout.lastBatchHeadOffset, as: UInt16.self)
+            inflightLastBatchHead = head
+            inflightBatch &+= 1
+        }
     }
 
     /// Makes every pushed element visible: release so the elements are seen before the index.
     @inlinable
-    public func publishUsed() {
+    public mutating func publishUsed() {
         cvh_store_release_u16(used + 2, usedIdx)
+        if let log = inflight, inflightBatch > 0 { unmarkBatch(log) }
+    }
+
+    /// Spec, supplying used buffers, steps 5-6: with used->idx published, unmark the batch, then record
+    /// the index the log is now consistent with. A crash between the two is what `attachInflight`'s
+    /// used_idx comparison repairs.
+    @inlinable
+    mutating func unmarkBatch(_ log: UnsafeMutableRawPointer) {
+        // Store-store ordering (free on x86): the unmarks must not become visible before used->idx.
+        cvh_fence_release()
+        var head = inflightLastBatchHead
+        var n = inflightBatch
+        while n > 0 {
+            let state = log + InflightLayout.headerBytes + InflightLayout.descriptorStateBytes * Int(head)
+            state.storeBytes(of: 0, toByteOffset: InflightLayout.stateInflightOffset, as: UInt8.self)
+            // `next` is our own write, but the buffer is shared with the front-end: mask it into the ring.
+            head = state.load(fromByteOffset: InflightLayout.stateNextOffset, as: UInt16.self) & mask
+            n &-= 1
+        }
+        cvh_store_release_u16(log + InflightLayout.usedIdxOffset, usedIdx)
+        inflightBatch = 0
+    }
+
+    /// Starts logging this queue's requests in `region`, and recovers what a previous back-end left
+    /// there (vhost-user.rst, "Inflight I/O tracking", "When reconnecting"):
+    /// - a fresh region (version 0) is initialised: nothing is in flight, the ring resumes where
+    ///   SET_VRING_BASE put it;
+    /// - otherwise a batch published but not yet unmarked is unmarked, the heads still marked are queued
+    ///   for resubmission oldest first, and the next avail index becomes used->idx plus their number:
+    ///   every head taken from the ring is either used or still marked, whatever SET_VRING_BASE said
+    ///   (QEMU sends used->idx after a back-end crash, since it could not ask the dead one).
+    /// Call before the first poll, with `usedIdx` read from the ring. Every value read from the log is
+    /// bounded by the ring size, so a corrupt log can only produce requests that are validated like
+    /// any other.
+    public mutating func attachInflight(_ region: InflightRegion) throws(QueueError) -> InflightRecovery {
+        guard region.capacity >= size else {
+            throw QueueError("the in-flight log has room for \(region.capacity) descriptors, the ring has \(size)")
+        }
+        let log = region.base
+        let version = log.load(fromByteOffset: InflightLayout.versionOffset, as: UInt16.self)
+        func state(_ h: UInt16) -> UnsafeMutableRawPointer {
+            log + InflightLayout.headerBytes + InflightLayout.descriptorStateBytes * Int(h)
+        }
+        func isMarked(_ h: UInt16) -> Bool {
+            state(h).load(fromByteOffset: InflightLayout.stateInflightOffset, as: UInt8.self) == 1
+        }
+        inflight = log
+        inflightBatch = 0
+        resubmissions = []
+        resubmitNext = 0
+        resubmitPending = 0
+        if version == 0 {
+            // The front-end allocates the buffer zeroed, but a reused one could hold anything: clear
+            // this ring's states so a later restart cannot mistake garbage for requests.
+            (log + InflightLayout.headerBytes).initializeMemory(
+                as: UInt8.self, repeating: 0, count: InflightLayout.descriptorStateBytes * Int(size))
+            log.storeBytes(of: 0, toByteOffset: 0, as: UInt64.self) // features: none defined
+            log.storeBytes(of: size, toByteOffset: InflightLayout.descNumOffset, as: UInt16.self)
+            log.storeBytes(of: 0, toByteOffset: InflightLayout.lastBatchHeadOffset, as: UInt16.self)
+            log.storeBytes(of: usedIdx, toByteOffset: InflightLayout.usedIdxOffset, as: UInt16.self)
+            cvh_fence_release()
+            log.storeBytes(of: InflightLayout.version, toByteOffset: InflightLayout.versionOffset, as: UInt16.self)
+            inflightLastBatchHead = 0
+            inflightCounter = 1
+            return InflightRecovery(fresh: true, resubmitted: 0, completedUnmarked: 0)
+        }
+        guard version == InflightLayout.version else {
+            throw QueueError("the in-flight log has version \(version); only \(InflightLayout.version) is defined")
+        }
+        var completedUnmarked = 0
+        let loggedUsed = log.load(fromByteOffset: InflightLayout.usedIdxOffset, as: UInt16.self)
+        if loggedUsed != usedIdx {
+            // Steps 1a-1c: the last batch reached the used ring but its marks were not cleared.
+            var n = min(Int(usedIdx &- loggedUsed), Int(size))
+            var head = log.load(fromByteOffset: InflightLayout.lastBatchHeadOffset, as: UInt16.self) & mask
+            while n > 0 {
+                if isMarked(head) { completedUnmarked += 1 }
+                state(head).storeBytes(of: 0, toByteOffset: InflightLayout.stateInflightOffset, as: UInt8.self)
+                head = state(head).load(fromByteOffset: InflightLayout.stateNextOffset, as: UInt16.self) & mask
+                n -= 1
+            }
+            cvh_fence_release()
+            log.storeBytes(of: usedIdx, toByteOffset: InflightLayout.usedIdxOffset, as: UInt16.self)
+        }
+        // Step 2: what is still marked was taken and never completed; oldest first.
+        var pending: [(counter: UInt64, head: UInt16)] = []
+        for h in 0..<size where isMarked(h) {
+            pending.append((state(h).load(fromByteOffset: InflightLayout.stateCounterOffset, as: UInt64.self), h))
+        }
+        pending.sort { $0.counter < $1.counter }
+        resubmissions = pending.map(\.head)
+        resubmitPending = pending.count
+        inflightCounter = (pending.last?.counter ?? 0) &+ 1
+        inflightLastBatchHead = log.load(fromByteOffset: InflightLayout.lastBatchHeadOffset, as: UInt16.self) & mask
+        log.storeBytes(of: size, toByteOffset: InflightLayout.descNumOffset, as: UInt16.self)
+        nextAvail = usedIdx &+ UInt16(pending.count)
+        return InflightRecovery(fresh: false, resubmitted: pending.count, completedUnmarked: completedUnmarked)
     }
 
     /// Whether the driver wants an interrupt for what was published since the last call
