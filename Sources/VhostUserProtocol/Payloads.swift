@@ -114,6 +114,36 @@ public struct ConfigAccess: Sendable, Equatable {
     }
 }
 
+/// `VhostUserInflight`: GET_INFLIGHT_FD's request and reply, and SET_INFLIGHT_FD's payload.
+/// QEMU sends and expects the C struct with its tail padding (24 bytes); the spec lists the fields
+/// unpadded (20 bytes), as some front-ends send them. Both are accepted, and a reply mirrors the size
+/// of the request it answers.
+public struct InflightDescription: Sendable, Equatable {
+    public var mmapSize: UInt64
+    public var mmapOffset: UInt64
+    public var numQueues: UInt16
+    public var queueSize: UInt16
+    public init(mmapSize: UInt64, mmapOffset: UInt64, numQueues: UInt16, queueSize: UInt16) {
+        self.mmapSize = mmapSize
+        self.mmapOffset = mmapOffset
+        self.numQueues = numQueues
+        self.queueSize = queueSize
+    }
+    public static let size = 24
+    public static let unpaddedSize = 20
+    init(_ r: PayloadReader) {
+        let tail = r.u32(at: 16)
+        self.init(mmapSize: r.u64(at: 0), mmapOffset: r.u64(at: 8),
+                  numQueues: UInt16(truncatingIfNeeded: tail), queueSize: UInt16(truncatingIfNeeded: tail >> 16))
+    }
+    public func encoded(size: Int = InflightDescription.size) -> [UInt8] {
+        var w = PayloadWriter()
+        w.u64(mmapSize); w.u64(mmapOffset); w.u32(UInt32(numQueues) | UInt32(queueSize) << 16)
+        if size > Self.unpaddedSize { w.u32(0) }
+        return w.bytes
+    }
+}
+
 public enum PayloadEncoding {
     public static func u64(_ v: UInt64) -> [UInt8] { var w = PayloadWriter(); w.u64(v); return w.bytes }
 

@@ -26,6 +26,9 @@ public enum Request {
     case getMaxMemSlots
     case addMemReg(MemoryRegionDescription, FileDescriptor)
     case remMemReg(MemoryRegionDescription)
+    /// The payload size is kept so the reply can mirror it (see `InflightDescription`).
+    case getInflightFD(InflightDescription, payloadSize: Int)
+    case setInflightFD(InflightDescription, FileDescriptor)
 
     /// The queue the request addresses, for the dispatcher's range check.
     public var queueIndex: UInt32? {
@@ -142,7 +145,17 @@ public enum Request {
             // (it is dropped with `message`) rather than fail a legitimate hot-unplug.
             guard fds.count <= 1 else { throw fail(.wrongFDCount(expected: "at most 1 fd, got \(fds.count)")) }
             self = .remMemReg(MemoryRegionDescription(p, at: 8))
-        case .setLogBase, .setLogFD, .setBackendReqFD, .getInflightFD, .setInflightFD, .resetDevice,
+        case .getInflightFD, .setInflightFD:
+            guard size == InflightDescription.size || size == InflightDescription.unpaddedSize else {
+                throw fail(.wrongPayloadSize(expected: "\(InflightDescription.size) (or \(InflightDescription.unpaddedSize)) bytes, got \(size)"))
+            }
+            let d = InflightDescription(p)
+            if code == .getInflightFD {
+                try expectFDs(0); self = .getInflightFD(d, payloadSize: size)
+            } else {
+                try expectFDs(1); self = .setInflightFD(d, fds[0])
+            }
+        case .setLogBase, .setLogFD, .setBackendReqFD, .resetDevice,
              .vringKick, .setStatus, .getStatus:
             // Known to the protocol, but gated by features this back-end does not offer.
             throw fail(.notNegotiated("a protocol feature this back-end does not offer"))
