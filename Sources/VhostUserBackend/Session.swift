@@ -37,6 +37,9 @@ public final class Session<D: VhostUserDevice> {
     var memory = GuestMemoryMap.empty
     var vrings: [VringSettings]
     var workers: [Worker<D.Queue>?]
+    /// The in-flight log from SET_INFLIGHT_FD. Workers write into it through raw pointers, so it is
+    /// replaced or dropped only with every worker stopped.
+    var inflight: InflightBuffer?
 
     public init(device: D, channel: Channel, logger: Logger) {
         self.device = device
@@ -87,7 +90,7 @@ public final class Session<D: VhostUserDevice> {
     /// request succeeded.
     private func reject(_ raw: RawMessage, _ error: Error) -> Outcome {
         let code = FrontendRequest(rawValue: raw.request)
-        let hasOwnReply: Set<FrontendRequest> = [.getFeatures, .getProtocolFeatures, .getVringBase, .getQueueNum,
+        let hasOwnReply: Set<FrontendRequest> = [.getFeatures, .getProtocolFeatures, .getVringBase, .getQueueNum, .getInflightFD,
                                                  .getConfig, .getMaxMemSlots]
         if raw.needsReply, protocolFeatures.contains(.replyAck), let code, !hasOwnReply.contains(code),
            !(error is ProtocolError) {
@@ -101,6 +104,7 @@ public final class Session<D: VhostUserDevice> {
     /// Stops every queue (draining in-flight I/O) and forgets the session's state.
     public func teardown() {
         resetDevice()
+        inflight = nil
         memory = .empty
         protocolFeatures = []
     }
@@ -148,11 +152,27 @@ public final class Session<D: VhostUserDevice> {
             throw SessionError("queue \(i): used ring outside guest memory")
         }
         let usedIdx = usedHost.load(fromByteOffset: 2, as: UInt16.self)
-        let ring: SplitQueue
+        var ring: SplitQueue
         do {
             ring = try SplitQueue(config: config, memory: memory.view, nextAvail: v.base, usedIdx: usedIdx)
         } catch {
             throw SessionError("queue \(i): \(error)")
+        }
+        if let buffer = inflight {
+            guard let region = buffer.region(queue: i) else {
+                throw SessionError("queue \(i): the in-flight buffer covers only \(buffer.queues) queue(s)")
+            }
+            let recovery: InflightRecovery
+            do {
+                recovery = try ring.attachInflight(region)
+            } catch {
+                throw SessionError("queue \(i): \(error)")
+            }
+            if !recovery.fresh && (recovery.resubmitted > 0 || recovery.completedUnmarked > 0 || ring.nextAvail != v.base) {
+                logger.info("queue \(i): in-flight log: \(recovery); resuming at avail index \(ring.nextAvail) (front-end said \(v.base)), used index \(usedIdx)")
+            }
+        } else if protocolFeatures.contains(.inflightSHMFD) {
+            logger.debug("queue \(i): INFLIGHT_SHMFD negotiated but no buffer set; requests are not logged")
         }
         let (handler, poll) = try device.makeQueue(index: i, ring: ring, memory: memory, features: ackedFeatures)
         workers[i] = try Worker(index: i, handler: handler, poll: poll, kickFD: v.kick?.rawValue ?? -1,

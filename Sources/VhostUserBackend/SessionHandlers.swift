@@ -85,6 +85,21 @@ extension Session {
             try updateQueue(Int(index)) { $0.call = fd }
         case .setVringErr(let index, let fd):
             try updateQueue(Int(index)) { $0.err = fd }
+        case .getInflightFD(let d, let payloadSize):
+            try requireProtocol(.inflightSHMFD, raw)
+            let (fd, reply) = try InflightBuffer.allocate(queues: d.numQueues, queueSize: d.queueSize,
+                                                          maxQueues: device.queueCount, maxQueueSize: device.maxQueueSize)
+            try channel.reply(to: raw.request, payload: reply.encoded(size: payloadSize), fds: [fd.rawValue])
+            logger.info("in-flight buffer allocated: \(reply.numQueues) queue(s) of \(reply.queueSize), \(reply.mmapSize) bytes")
+            return false
+        case .setInflightFD(let d, let fd):
+            try requireProtocol(.inflightSHMFD, raw)
+            let buffer = try InflightBuffer(d, fd: fd, maxQueues: device.queueCount, maxQueueSize: device.maxQueueSize)
+            // Running queues write into the old buffer: drain them, swap, restart them on the new one.
+            for i in workers.indices { stopWorker(i) }
+            inflight = buffer
+            try restartAll()
+            logger.info("in-flight buffer set: \(buffer.queues) queue(s) of \(buffer.queueSize)")
         case .getProtocolFeatures:
             guard device.features.contains(.protocolFeatures) else {
                 throw SessionError("GET_PROTOCOL_FEATURES without F_PROTOCOL_FEATURES offered")

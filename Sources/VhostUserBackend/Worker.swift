@@ -129,6 +129,11 @@ final class Worker<H: QueueHandler> {
     private func drain() {
         let start = monotonicNanoseconds()
         var nextLog = start + Self.drainLogIntervalNanoseconds
+        // One pass even with nothing in flight: it takes the requests a previous back-end left in the
+        // in-flight log (a worker stopped before its first pass has not resubmitted them yet).
+        if !broken {
+            do { notify(try poll(false)) } catch { fail(error) }
+        }
         while handler.inFlight > 0 {
             do {
                 notify(try poll(false))

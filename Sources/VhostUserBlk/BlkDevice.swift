@@ -18,7 +18,9 @@ public final class VirtioBlkDevice<E: BlockEngine>: VhostUserDevice {
     let makePoller: (BlkQueue<E>) -> QueuePoller
     let cpus: [Int]
     public let features: VirtioFeatures
-    public let protocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots]
+    /// INFLIGHT_SHMFD: requests are logged in a buffer the front-end keeps, so a restarted daemon
+    /// resubmits what a killed one had in flight (vhost-user.rst, "Inflight I/O tracking").
+    public let protocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots, .inflightSHMFD]
     /// Changed only by `writeConfig` (CONFIG_WCE), on the control thread, with every queue stopped.
     public private(set) var config: BlkConfig
     let serial: String
