@@ -259,14 +259,39 @@ public final class Frontend: @unchecked Sendable {
         if let size, reply.payload.count != size {
             throw FrontendError.badReply(to: code.description, why: "size \(reply.payload.count), expected \(size)")
         }
-        guard reply.fds.isEmpty else { throw FrontendError.badReply(to: code.description, why: "carries \(reply.fds.count) fds") }
+        guard reply.fds.count == (code == .getInflightFD ? 1 : 0) else {
+            throw FrontendError.badReply(to: code.description, why: "carries \(reply.fds.count) fds")
+        }
         return reply
+    }
+
+    // MARK: In-flight buffer (INFLIGHT_SHMFD)
+
+    /// The buffer from GET_INFLIGHT_FD, as QEMU keeps it: across back-end reconnects (pass it to the
+    /// next connection's `StartOptions.inflight`), dropped on a device reset.
+    public private(set) var inflight: InflightBufferHandle?
+
+    /// GET_INFLIGHT_FD for `queues` queues of `queueSize`, checked as QEMU checks it.
+    public func getInflight(queues: Int, queueSize: Int) throws -> InflightBufferHandle {
+        let request = InflightDescription(mmapSize: 0, mmapOffset: 0, numQueues: UInt16(queues), queueSize: UInt16(queueSize))
+        let reply = try call(.getInflightFD, payload: request.encoded(), replySize: InflightDescription.size)
+        let r = PayloadReader(reply.payload)
+        let d = InflightDescription(mmapSize: r.u64(at: 0), mmapOffset: r.u64(at: 8), numQueues: UInt16(truncatingIfNeeded: r.u32(at: 16)),
+                                    queueSize: UInt16(truncatingIfNeeded: r.u32(at: 16) >> 16))
+        guard d.mmapSize > 0 else { throw FrontendError.badReply(to: "GET_INFLIGHT_FD", why: "mmap size 0") }
+        return try InflightBufferHandle(fd: reply.fds[0], description: d)
+    }
+
+    public func setInflight(_ buffer: InflightBufferHandle) throws {
+        try send(.setInflightFD, payload: buffer.description.encoded(), fds: [buffer.fd.rawValue])
     }
 
     // MARK: QEMU 7.2's sequence
 
     /// The protocol features this front-end implements (QEMU masks the offer to what it knows).
-    public static let supportedProtocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots]
+    /// INFLIGHT_SHMFD included, as QEMU 7.2 does: `start` then asks for the in-flight buffer and hands
+    /// it back, and keeps it in `inflight` for a reconnect to reuse.
+    public static let supportedProtocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots, .inflightSHMFD]
 
     /// Phase 1 of QEMU's vhost-user-blk (realize / reconnect): GET_FEATURES, GET_PROTOCOL_FEATURES,
     /// SET_PROTOCOL_FEATURES, GET_QUEUE_NUM (if MQ), GET_MAX_MEM_SLOTS (if CONFIGURE_MEM_SLOTS),
@@ -350,6 +375,11 @@ public final class Frontend: @unchecked Sendable {
         /// The avail index each queue starts at (SET_VRING_BASE), e.g. where a previous session stopped.
         public var vringBase: UInt16 = 0
         public var waitMode: DriverQueue.WaitMode = .callEventFD
+        /// With INFLIGHT_SHMFD: hand this buffer over instead of asking for a new one (a reconnect).
+        public var inflight: InflightBufferHandle?
+        /// Resume these queues (same rings, same requests in flight) instead of laying out new ones,
+        /// each from its used->idx, as QEMU does after its back-end died: the reconnect test.
+        public var resume: [DriverQueue]?
         public init() {}
     }
 
@@ -364,6 +394,11 @@ public final class Frontend: @unchecked Sendable {
         features.insert(.protocolFeatures)
         try send(.setFeatures, payload: PayloadEncoding.u64(features.rawValue))
         ackedFeatures = features
+        if protocolFeatures.contains(.inflightSHMFD) {
+            let buffer = try options.inflight ?? getInflight(queues: queueCount, queueSize: queueSize)
+            try setInflight(buffer)
+            inflight = buffer
+        }
 
         switch options.memorySetup {
         case .memTable:
@@ -377,13 +412,22 @@ public final class Frontend: @unchecked Sendable {
 
         var made: [DriverQueue] = []
         for q in 0..<queueCount {
-            let queue = try DriverQueue(index: UInt32(q), size: queueSize, arena: arena)
-            queue.eventIdx = features.contains(.ringEventIdx)
-            queue.waitMode = options.waitMode
+            let queue: DriverQueue
+            let base: UInt16
+            if let resumed = options.resume {
+                guard q < resumed.count else { throw FrontendError.invalidUse("resume: \(resumed.count) queues for \(queueCount)") }
+                queue = resumed[q]
+                base = queue.deviceUsedIndex // QEMU: the dead back-end cannot be asked, used->idx is the truth
+            } else {
+                queue = try DriverQueue(index: UInt32(q), size: queueSize, arena: arena)
+                queue.eventIdx = features.contains(.ringEventIdx)
+                queue.waitMode = options.waitMode
+                base = options.vringBase
+                if base != 0 { queue.setAvailIndex(base); queue.resetUsedIndex(to: base) }
+            }
             made.append(queue)
-            if options.vringBase != 0 { queue.setAvailIndex(options.vringBase); queue.resetUsedIndex(to: options.vringBase) }
             try send(.setVringNum, payload: VringState(index: UInt32(q), num: UInt32(queueSize)).encoded)
-            try send(.setVringBase, payload: VringState(index: UInt32(q), num: UInt32(options.vringBase)).encoded)
+            try send(.setVringBase, payload: VringState(index: UInt32(q), num: UInt32(base)).encoded)
             let a = queue.ringUserAddresses
             try send(.setVringAddr, payload: VringAddress(index: UInt32(q), descriptorTable: a.descriptorTable,
                                                           usedRing: a.usedRing, availRing: a.availRing).encoded)
@@ -443,4 +487,36 @@ public final class Frontend: @unchecked Sendable {
         _ = try handshake(queues: queues, queueSize: queueSize)
         return try start(arena: arena, options: options).map { try BlkDriver(queue: $0) }
     }
+}
+
+/// The front-end's handle on an in-flight buffer: the fd it got from GET_INFLIGHT_FD and its mapping,
+/// so tests can look at what the back-end logged.
+public final class InflightBufferHandle: @unchecked Sendable {
+    public let fd: FileDescriptor
+    public let description: InflightDescription
+    public let mapping: MemoryMapping
+
+    public init(fd: FileDescriptor, description: InflightDescription) throws {
+        self.fd = fd
+        self.description = description
+        mapping = try MemoryMapping(fd: fd.rawValue, offset: description.mmapOffset, length: Int(description.mmapSize))
+    }
+
+    /// Heads queue `q`'s region marks as in flight (inflight byte 1), by the region's own layout.
+    public func markedHeads(queue q: Int) -> [UInt16] {
+        let region = mapping.base + q * regionBytes
+        let n = Int(region.load(fromByteOffset: 10, as: UInt16.self))
+        return (0..<min(n, Int(description.queueSize))).compactMap { h in
+            region.load(fromByteOffset: 16 + 16 * h, as: UInt8.self) == 1 ? UInt16(h) : nil
+        }
+    }
+
+    /// The region's version field (0 until a back-end starts the queue on it).
+    public func version(queue q: Int) -> UInt16 {
+        (mapping.base + q * regionBytes).load(fromByteOffset: 8, as: UInt16.self)
+    }
+
+    /// The front-end does not interpret the layout; the tests that read it use the spec's (16-byte
+    /// header, 16 bytes per descriptor), each region rounded up to 64 bytes.
+    private var regionBytes: Int { (16 + 16 * Int(description.queueSize) + 63) / 64 * 64 }
 }

@@ -9,7 +9,7 @@ let expectedFeatures: VirtioFeatures = [
     VirtioBlkFeature.topology, VirtioBlkFeature.multiQueue, VirtioBlkFeature.discard, VirtioBlkFeature.writeZeroes,
     VirtioBlkFeature.configWCE,
 ]
-let expectedProtocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots]
+let expectedProtocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots, .inflightSHMFD]
 
 @Suite("Handshake and device configuration")
 struct HandshakeTests {
@@ -48,11 +48,17 @@ struct HandshakeTests {
             // Each queue carried one write and one read: the avail index reached is 2.
             #expect(try f.stop() == [2, 2])
             let sent = f.transcript.map { String($0.prefix(while: { $0 != " " })) }
-            #expect(Array(sent.prefix(12)) == [
+            #expect(Array(sent.prefix(14)) == [
                 "GET_FEATURES", "GET_PROTOCOL_FEATURES", "SET_PROTOCOL_FEATURES", "GET_QUEUE_NUM",
                 "GET_MAX_MEM_SLOTS", "SET_OWNER", "GET_FEATURES", "SET_VRING_CALL", "SET_VRING_CALL",
-                "GET_CONFIG", "SET_FEATURES", "SET_MEM_TABLE",
+                "GET_CONFIG", "SET_FEATURES", "GET_INFLIGHT_FD", "SET_INFLIGHT_FD", "SET_MEM_TABLE",
             ])
+            // The daemon initialised both queues' regions of the buffer (version 1), and nothing is
+            // left marked in flight after the drain that GET_VRING_BASE does.
+            let buffer = try #require(f.inflight)
+            #expect(buffer.description.numQueues == 2 && buffer.description.queueSize == 128)
+            #expect(buffer.version(queue: 0) == 1 && buffer.version(queue: 1) == 1)
+            #expect(buffer.markedHeads(queue: 0).isEmpty && buffer.markedHeads(queue: 1).isEmpty)
         }
     }
 
