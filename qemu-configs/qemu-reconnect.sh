@@ -19,10 +19,12 @@
 #     it closes the socket (ours does on SIGTERM): used index == taken, so
 #     the new process picks up exactly the requests nobody took.
 # A crash of a backend without the in-flight log can hang the guest's I/O.
+# Ours does both, so even kill -KILL is lossless (ARCHITECTURE.md, "Surviving
+# a crash"; scripts/e2e.sh kills it mid-fio several times and verifies).
 #
 #   vhost-user-blk --socket /run/vhost-user-blk/vm0.sock --backing disk.raw --queues 2 &
 #   SOCK=/run/vhost-user-blk/vm0.sock ./qemu-reconnect.sh
-#   # later: kill -TERM <backend>; start it again with the same arguments
+#   # later: kill -TERM (or -KILL) <backend>; start it again with the same arguments
 #
 # Note: QEMU 7.2 spells the option reconnect=SECONDS; QEMU 9.2 adds
 # reconnect-ms=MILLISECONDS and deprecates reconnect (later releases remove it).
