@@ -14,6 +14,7 @@ SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE, GET_VRING_BASE = 8, 9, 10, 11
 SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ERR = 12, 13, 14
 GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, SET_VRING_ENABLE = 15, 16, 17, 18
 GET_CONFIG, SET_CONFIG, GET_MAX_MEM_SLOTS, ADD_MEM_REG, REM_MEM_REG = 24, 25, 36, 37, 38
+GET_INFLIGHT_FD, SET_INFLIGHT_FD = 31, 32
 V1, REPLY, NEED_REPLY = 1, 4, 8
 FD_EVENT, FD_MEM, FD_WITH_PAYLOAD = 0x00, 0x10, 0x20
 
@@ -21,6 +22,7 @@ FD_EVENT, FD_MEM, FD_WITH_PAYLOAD = 0x00, 0x10, 0x20
 # INDIRECT_DESC, and blk SIZE_MAX|SEG_MAX|BLK_SIZE|TOPOLOGY|FLUSH|MQ.
 FEATURES = 1 << 32 | 1 << 30 | 1 << 29 | 1 << 28 | 1 << 1 | 1 << 2 | 1 << 6 | 1 << 10 | 1 << 9 | 1 << 12
 PROTO = 1 << 0 | 1 << 3 | 1 << 9 | 1 << 15  # MQ, REPLY_ACK, CONFIG, CONFIGURE_MEM_SLOTS
+PROTO_INFLIGHT = PROTO | 1 << 12  # + INFLIGHT_SHMFD, as QEMU 7.2 acknowledges it
 UA = 0x7f0000000000  # front-end virtual address of guest memory
 MEMFD = 256 << 10   # FuzzFD.memfdSize
 
@@ -34,13 +36,17 @@ def msg(req, payload=b'', flags=V1, nfds=0, kind=FD_EVENT, size=None):
 def vstate(i, n): return u32(i) + u32(n)
 def vaddr(i, desc, avail, used, flags=0, log=0): return u32(i) + u32(flags) + u64(desc) + u64(used) + u64(avail) + u64(log)
 
-def handshake(mem_msg=None, q=0, size=128, with_reply_ack=True, enable=True):
+def inflight(mmap_size, off=0, queues=2, qsize=128, pad=True):
+    return u64(mmap_size) + u64(off) + u16(queues) + u16(qsize) + (bytes(4) if pad else b'')
+
+def handshake(mem_msg=None, q=0, size=128, with_reply_ack=True, enable=True, inflight_msgs=()):
     flags = V1 | NEED_REPLY if with_reply_ack else V1
     out = [
-        msg(GET_FEATURES), msg(GET_PROTOCOL_FEATURES), msg(SET_PROTOCOL_FEATURES, u64(PROTO)),
+        msg(GET_FEATURES), msg(GET_PROTOCOL_FEATURES), msg(SET_PROTOCOL_FEATURES, u64(PROTO_INFLIGHT if inflight_msgs else PROTO)),
         msg(GET_QUEUE_NUM), msg(GET_MAX_MEM_SLOTS), msg(SET_OWNER),
         msg(GET_CONFIG, u32(0) + u32(60) + u32(0) + bytes(60)),
         msg(SET_FEATURES, u64(FEATURES), flags=flags),
+        *inflight_msgs,
         mem_msg if mem_msg is not None else msg(ADD_MEM_REG, u64(0) + region(), flags=flags, nfds=1, kind=FD_MEM),
         msg(SET_VRING_NUM, vstate(q, size), flags=flags),
         msg(SET_VRING_BASE, vstate(q, 0), flags=flags),
@@ -84,6 +90,16 @@ def session_seeds():
     s['set-config'] = handshake() + msg(SET_CONFIG, u32(0) + u32(4) + u32(0) + bytes(4), flags=V1 | NEED_REPLY)
     s['get-config-oob'] = handshake() + msg(GET_CONFIG, u32(250) + u32(16) + u32(0) + bytes(16))
     s['features-not-offered'] = msg(SET_FEATURES, u64(2**64 - 1), flags=V1 | NEED_REPLY)
+    # INFLIGHT_SHMFD as QEMU 7.2 sends it (2 queues of 128: 2 x 2112 bytes), then hostile variants.
+    get = msg(GET_INFLIGHT_FD, inflight(0))
+    s['inflight-handshake'] = handshake(inflight_msgs=(get, msg(SET_INFLIGHT_FD, inflight(4224), nfds=1, kind=FD_MEM)))
+    s['inflight-unpadded'] = handshake(inflight_msgs=(msg(GET_INFLIGHT_FD, inflight(0, pad=False)),
+                                                      msg(SET_INFLIGHT_FD, inflight(4224, pad=False), nfds=1, kind=FD_MEM)))
+    s['inflight-too-small'] = handshake(inflight_msgs=(get, msg(SET_INFLIGHT_FD, inflight(64), flags=V1 | NEED_REPLY, nfds=1, kind=FD_MEM)))
+    s['inflight-past-file'] = handshake(inflight_msgs=(get, msg(SET_INFLIGHT_FD, inflight(4224, off=MEMFD), flags=V1 | NEED_REPLY, nfds=1, kind=FD_MEM)))
+    s['inflight-bad-geometry'] = handshake(inflight_msgs=(msg(GET_INFLIGHT_FD, inflight(0, queues=9, qsize=100)),))
+    s['inflight-eventfd'] = handshake(inflight_msgs=(get, msg(SET_INFLIGHT_FD, inflight(4224), flags=V1 | NEED_REPLY, nfds=1)))
+    s['inflight-swap-running'] = handshake(inflight_msgs=(get,)) + msg(SET_INFLIGHT_FD, inflight(4224), flags=V1 | NEED_REPLY, nfds=1, kind=FD_MEM)
     return s
 
 def request_seeds():
@@ -113,6 +129,8 @@ def request_seeds():
         'need-reply': r(SET_OWNER, flags=V1 | NEED_REPLY), 'reply-flag': r(SET_OWNER, flags=V1 | REPLY),
         'bad-version': r(SET_OWNER, flags=2), 'unknown-flags': r(SET_OWNER, flags=V1 | 0x10),
         'unknown-request': r(99), 'not-negotiated': r(34), 'fds-on-get': r(GET_FEATURES, nfds=3),
+        'get-inflight': r(GET_INFLIGHT_FD, inflight(0)), 'set-inflight': r(SET_INFLIGHT_FD, inflight(4224), nfds=1, kind=FD_MEM),
+        'set-inflight-unpadded': r(SET_INFLIGHT_FD, inflight(4224, pad=False), nfds=1, kind=FD_MEM),
     }
     return s
 
@@ -166,6 +184,22 @@ def blk_seeds():
     s['sector-past-end'] = image(2, [desc(HDR, 16, NEXT, 1), desc(DATA, 512, WRITE | NEXT, 2), desc(STATUS, 1, WRITE)], [0], [(HDR, hdr(0, 2**63))])
     s['write-after-read-desc'] = image(2, [desc(HDR, 16, WRITE | NEXT, 1), desc(DATA, 512, NEXT, 2), desc(STATUS, 1, 0)], [0], [])
     s['same-head-twice'] = image(2, [desc(HDR, 16, NEXT, 1), desc(STATUS, 1, WRITE)], [0, 0], [(HDR, hdr(4))], cfg_bits=0x40)
+    # In-flight log at 0x8000 (runQueue's inflightAt), version 1: what a killed back-end left behind.
+    LOG = 0x8000
+    def log(marks=(), used_idx=0, last_batch=0, nexts=(), version=1):  # marks: (head, counter)
+        b = bytearray(16 + 16 * 4)
+        b[8:16] = u16(version) + u16(4) + u16(last_batch) + u16(used_idx)
+        for h, c in marks: b[16 + 16 * h] = 1; b[24 + 16 * h:32 + 16 * h] = u64(c)
+        for h, nx in nexts: b[22 + 16 * h:24 + 16 * h] = u16(nx)
+        return (LOG, bytes(b))
+    chain = [desc(HDR, 16, NEXT, 1), desc(DATA, 512, WRITE | NEXT, 2), desc(STATUS, 1, WRITE)]
+    s['inflight-resubmit'] = image(2, chain, [0], [(HDR, hdr(0, 2)), log([(0, 5)])])
+    n2, _, used2 = layout(2)
+    s['inflight-unmarked-batch'] = image(2, chain, [0], [(HDR, hdr(0, 2)), (used2 + 2, u16(1) + u32(0) + u32(1)),
+                                                          log([(0, 5)], used_idx=0, last_batch=0)], used_idx=1)
+    s['inflight-garbage'] = image(2, chain, [0], [(HDR, hdr(0, 2)), log([(0, 9), (1, 3), (3, 3)], used_idx=0x7777,
+                                                                        last_batch=0xffff, nexts=[(0, 0xfff0), (3, 3)])])
+    s['inflight-bad-version'] = image(2, chain, [0], [log([(0, 1)], version=9)])
     s['max-queue'] = image(10, [desc(HDR, 16, NEXT, 1), desc(STATUS, 1, WRITE)], [0], [(HDR, hdr(8))])
     return s
 

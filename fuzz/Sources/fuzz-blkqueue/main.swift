@@ -16,6 +16,11 @@
 //                     patch (a driver publishing more chains, or rewriting memory it already handed
 //                     over)
 //
+// The queue logs into an in-flight region (INFLIGHT_SHMFD, as under QEMU) placed inside the guest
+// region at `inflightAt`, past the largest queue's rings, so the image and patches can write it: a
+// log with version 1 in the image is recovered from (resubmissions, a published-but-unmarked batch),
+// and patches rewrite it under a running queue, as a hostile front-end could.
+//
 // Checks beyond "no crash, no hang": the guest region is surrounded by PROT_NONE guard pages, so a
 // read or write just past either end faults (the region is a shared mmap of a memfd, as in
 // production, which ASan does not track); and after the passes, draining (poll(acceptNew: false))
@@ -31,6 +36,8 @@ import VirtioBlk
 import Virtqueue
 
 let regionBytes = 1 << 20
+/// 32 KiB: a 1024-entry queue's rings end at 26 KiB (16 KiB table, 2 KiB avail, 8 KiB used).
+let inflightAt = 0x8000
 let diskBytes: UInt64 = 64 << 10
 let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 
@@ -89,7 +96,13 @@ func runQueue(_ input: inout ByteReader) {
     let blockSize: UInt32 = cfg & 0x80 != 0 ? 4096 : 512
     let queue: BlkQueue<MemoryEngine>
     do {
-        let ring = try SplitQueue(config: config, memory: guest.map.view, nextAvail: nextAvail, usedIdx: usedIdx)
+        var ring = try SplitQueue(config: config, memory: guest.map.view, nextAvail: nextAvail, usedIdx: usedIdx)
+        do {
+            _ = try ring.attachInflight(InflightRegion(base: guest.host + inflightAt, capacity: SplitQueueConfig.maxSize))
+        } catch {
+            _ = error.description // a foreign log version: the session refuses to start the queue
+            return
+        }
         // A fresh RAM disk per input: what one input writes must not change what the next one reads.
         var backing = BackingOptions(readOnly: cfg & 0x20 != 0, createSize: diskBytes, engine: .memory)
         backing.blockSize = blockSize
