@@ -28,6 +28,12 @@ extension Session {
         case .resetOwner:
             logger.info("RESET_OWNER: stopping all queues")
             resetDevice()
+        case .resetDevice:
+            // vhost-user.rst: disable every ring and return to the initial state, keeping ownership;
+            // the same drain-then-forget as RESET_OWNER (which QEMU sends when this is not offered).
+            try requireProtocol(.resetDevice, raw)
+            logger.info("RESET_DEVICE: stopping all queues")
+            resetDevice()
         case .setMemTable(let descriptions, let fds):
             var regions: [GuestRegion] = []
             for (d, fd) in zip(descriptions, fds) {

@@ -20,7 +20,8 @@ public final class VirtioBlkDevice<E: BlockEngine>: VhostUserDevice {
     public let features: VirtioFeatures
     /// INFLIGHT_SHMFD: requests are logged in a buffer the front-end keeps, so a restarted daemon
     /// resubmits what a killed one had in flight (vhost-user.rst, "Inflight I/O tracking").
-    public let protocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots, .inflightSHMFD]
+    /// RESET_DEVICE: drains and resets like RESET_OWNER, without the ownership ambiguity.
+    public let protocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots, .inflightSHMFD, .resetDevice]
     /// Changed only by `writeConfig` (CONFIG_WCE), on the control thread, with every queue stopped.
     public private(set) var config: BlkConfig
     let serial: String

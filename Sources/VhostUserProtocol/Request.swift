@@ -9,6 +9,7 @@ public enum Request {
     case setFeatures(VirtioFeatures)
     case setOwner
     case resetOwner
+    case resetDevice
     case setMemTable([MemoryRegionDescription], [FileDescriptor])
     case setVringNum(VringState)
     case setVringAddr(VringAddress)
@@ -89,6 +90,10 @@ public enum Request {
             // QEMU sends RESET_OWNER with a u64 payload of 0 on some paths and none on others.
             guard size == 0 || size == 8 else { throw fail(.wrongPayloadSize(expected: "0 or 8 bytes, got \(size)")) }
             try expectFDs(0); self = .resetOwner
+        case .resetDevice:
+            // No payload in the spec; accepted with RESET_OWNER's u64 too, since front-ends fill it alike.
+            guard size == 0 || size == 8 else { throw fail(.wrongPayloadSize(expected: "0 or 8 bytes, got \(size)")) }
+            try expectFDs(0); self = .resetDevice
         case .setMemTable:
             guard size >= 8 else { throw fail(.wrongPayloadSize(expected: "at least 8 bytes, got \(size)")) }
             let count = Int(p.u32(at: 0))
@@ -155,7 +160,7 @@ public enum Request {
             } else {
                 try expectFDs(1); self = .setInflightFD(d, fds[0])
             }
-        case .setLogBase, .setLogFD, .setBackendReqFD, .resetDevice,
+        case .setLogBase, .setLogFD, .setBackendReqFD,
              .vringKick, .setStatus, .getStatus:
             // Known to the protocol, but gated by features this back-end does not offer.
             throw fail(.notNegotiated("a protocol feature this back-end does not offer"))

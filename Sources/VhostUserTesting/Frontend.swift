@@ -291,7 +291,7 @@ public final class Frontend: @unchecked Sendable {
     /// The protocol features this front-end implements (QEMU masks the offer to what it knows).
     /// INFLIGHT_SHMFD included, as QEMU 7.2 does: `start` then asks for the in-flight buffer and hands
     /// it back, and keeps it in `inflight` for a reconnect to reuse.
-    public static let supportedProtocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots, .inflightSHMFD]
+    public static let supportedProtocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots, .inflightSHMFD, .resetDevice]
 
     /// Phase 1 of QEMU's vhost-user-blk (realize / reconnect): GET_FEATURES, GET_PROTOCOL_FEATURES,
     /// SET_PROTOCOL_FEATURES, GET_QUEUE_NUM (if MQ), GET_MAX_MEM_SLOTS (if CONFIGURE_MEM_SLOTS),

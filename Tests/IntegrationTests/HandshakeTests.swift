@@ -9,7 +9,7 @@ let expectedFeatures: VirtioFeatures = [
     VirtioBlkFeature.topology, VirtioBlkFeature.multiQueue, VirtioBlkFeature.discard, VirtioBlkFeature.writeZeroes,
     VirtioBlkFeature.configWCE,
 ]
-let expectedProtocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots, .inflightSHMFD]
+let expectedProtocolFeatures: ProtocolFeatures = [.mq, .replyAck, .config, .configureMemSlots, .inflightSHMFD, .resetDevice]
 
 @Suite("Handshake and device configuration")
 struct HandshakeTests {

@@ -217,9 +217,11 @@ func failedRequestsWithoutNeedReplyDropTheConnection(_ c: FailingRequest) throws
     #expect(try f.waitForClose())
 }
 
-/// RESET_OWNER resets the device, not the connection: a front-end that starts the device again right
-/// after it, still asking for REPLY_ACK acknowledgements, must get them and working queues.
-@Test func resetOwnerKeepsProtocolFeaturesAndTheDeviceRestarts() throws {
+/// RESET_OWNER (and RESET_DEVICE, its successor) resets the device, not the connection: a front-end
+/// that starts the device again right after it, still asking for REPLY_ACK acknowledgements, must get
+/// them and working queues.
+@Test(arguments: [FrontendRequest.resetOwner, .resetDevice])
+func resetKeepsProtocolFeaturesAndTheDeviceRestarts(_ reset: FrontendRequest) throws {
     let s = try ServerUnderTest()
     defer { s.stop() }
     let arena = try makeArena()
@@ -229,7 +231,11 @@ func failedRequestsWithoutNeedReplyDropTheConnection(_ c: FailingRequest) throws
     #expect(try first.write(sector: 16, data: data).status == .ok)
     #expect(f.protocolFeatures.contains(.replyAck))
 
-    try f.send(.resetOwner)
+    try f.send(reset, needReply: true)
+    // Whatever the worker had taken was completed before the acknowledgement: nothing stays marked
+    // in the in-flight log. (Requests it had not taken yet are dropped with the ring, as a reset says.)
+    let log = try #require(f.inflight)
+    #expect(log.markedHeads(queue: 0).isEmpty)
     f.timeoutMs = 3000 // every NEED_REPLY below must be answered, not time out
     let driver = try BlkDriver(queue: try #require(try f.start(arena: arena).first))
     let (r, back) = try driver.read(sector: 16, count: 8)

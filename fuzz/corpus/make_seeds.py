@@ -128,7 +128,7 @@ def request_seeds():
         'rem-mem-reg-fd': r(REM_MEM_REG, u64(0) + region(), nfds=1, kind=FD_MEM),
         'need-reply': r(SET_OWNER, flags=V1 | NEED_REPLY), 'reply-flag': r(SET_OWNER, flags=V1 | REPLY),
         'bad-version': r(SET_OWNER, flags=2), 'unknown-flags': r(SET_OWNER, flags=V1 | 0x10),
-        'unknown-request': r(99), 'not-negotiated': r(34), 'fds-on-get': r(GET_FEATURES, nfds=3),
+        'unknown-request': r(99), 'not-negotiated': r(35), 'fds-on-get': r(GET_FEATURES, nfds=3),
         'get-inflight': r(GET_INFLIGHT_FD, inflight(0)), 'set-inflight': r(SET_INFLIGHT_FD, inflight(4224), nfds=1, kind=FD_MEM),
         'set-inflight-unpadded': r(SET_INFLIGHT_FD, inflight(4224, pad=False), nfds=1, kind=FD_MEM),
     }
