@@ -7,6 +7,7 @@
 #include <linux/fs.h>
 #include <linux/memfd.h>
 #include <numa.h>
+#include <numaif.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -194,6 +195,31 @@ int cvh_numa_cpus_of_node(int node, int *cpus, int max) {
     }
     numa_free_cpumask(mask);
     return count;
+}
+
+int cvh_numa_node_of_cpu(int cpu) {
+    if (numa_available() < 0) return -1;
+    return numa_node_of_cpu(cpu);
+}
+
+int cvh_numa_prefer_node(int node) {
+    if (node < 0) return set_mempolicy(MPOL_DEFAULT, NULL, 0) == 0 ? 0 : errno;
+    if (node >= (int)(8 * sizeof(unsigned long))) return EINVAL; // one word of node mask is plenty here
+    unsigned long mask = 1UL << node;
+    // maxnode counts bits the kernel may read from the mask; one more than the highest node given.
+    return set_mempolicy(MPOL_PREFERRED, &mask, (unsigned long)node + 2) == 0 ? 0 : errno;
+}
+
+int cvh_numa_node_of_address(void *addr) {
+    int node = -1;
+    if (get_mempolicy(&node, NULL, 0, addr, MPOL_F_NODE | MPOL_F_ADDR) != 0) return -1;
+    return node;
+}
+
+int cvh_numa_policy_mode(void) {
+    int mode = -1;
+    if (get_mempolicy(&mode, NULL, 0, NULL, 0) != 0) return -1;
+    return mode;
 }
 
 void cvh_aio_set_eventfd(struct iocb *cb, int efd) { io_set_eventfd(cb, efd); }

@@ -72,6 +72,37 @@ public enum CPUTopology {
     }
 
     public static var currentCPU: Int { Int(cvh_current_cpu()) }
+
+    /// The NUMA node of `cpu`, nil when NUMA is unavailable.
+    public static func numaNode(ofCPU cpu: Int) -> Int? {
+        let n = cvh_numa_node_of_cpu(Int32(cpu))
+        return n >= 0 ? Int(n) : nil
+    }
+
+    /// The NUMA node holding the page at `address` (faulting it in), nil when unknown.
+    public static func numaNode(of address: UnsafeRawPointer) -> Int? {
+        let n = cvh_numa_node_of_address(UnsafeMutableRawPointer(mutating: address))
+        return n >= 0 ? Int(n) : nil
+    }
+}
+
+/// Per-thread NUMA memory policy, for placing a queue's request state on the node of the CPU that
+/// will run it: pages are placed when first touched, and what a constructor touches on the control
+/// thread would otherwise land on the control thread's node.
+public enum NUMAPolicy {
+    /// Runs `body` with this thread's allocations preferring `node` (falling back to other nodes when it
+    /// is full: a preference, not a binding), then restores the default policy. nil runs `body` as is.
+    public static func withPreferredNode<T>(_ node: Int?, _ body: () throws -> T) rethrows -> T {
+        guard let node, cvh_numa_available() >= 0, cvh_numa_prefer_node(Int32(node)) == 0 else { return try body() }
+        defer { _ = cvh_numa_prefer_node(-1) }
+        return try body()
+    }
+
+    /// This thread's policy mode (MPOL_DEFAULT = 0, MPOL_PREFERRED = 1, ...), nil when unknown.
+    public static var currentMode: Int? {
+        let m = cvh_numa_policy_mode()
+        return m >= 0 ? Int(m) : nil
+    }
 }
 
 /// Parses a CPU list in the kernel's format ("0-3,8,10-11").

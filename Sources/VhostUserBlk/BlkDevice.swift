@@ -1,5 +1,6 @@
 import BlockIO
 import GuestMemory
+import VhostSystem
 import VhostUserBackend
 import VhostUserProtocol
 import VirtioBlk
@@ -98,7 +99,12 @@ public final class VirtioBlkDevice<E: BlockEngine>: VhostUserDevice {
         // Without CONFIG_WCE negotiated the mode is the device's default (write-back, announced by
         // FLUSH); with it, whatever the driver last wrote.
         params.writeThrough = !config.writeback
-        let queue = BlkQueue(ring: ring, memory: memory, engine: try makeEngine(Int(ring.size)), params: params)
+        // The queue's request state (slots, iovecs, the engine's control blocks) goes on the NUMA node of
+        // the CPU its worker is pinned to, which by default is the backing device's node (Daemon).
+        let node = workerPolicy(queue: index).cpu.flatMap(CPUTopology.numaNode(ofCPU:))
+        let queue = try NUMAPolicy.withPreferredNode(node) {
+            BlkQueue(ring: ring, memory: memory, engine: try makeEngine(Int(ring.size)), params: params)
+        }
         return (queue, makePoller(queue))
     }
 

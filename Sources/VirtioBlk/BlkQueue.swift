@@ -61,12 +61,16 @@ public final class BlkQueue<E: BlockEngine> {
         let n = Int(ring.size)
         slots = .allocate(capacity: n)
         slots.initialize(repeating: Slot(status: nil, usedLength: 0, busy: false), count: n)
+        // Every buffer is written once here so its pages are placed now, under the NUMA policy the
+        // caller chose for this queue, rather than wherever the first request happens to touch them.
         iovecs = .allocate(capacity: n * Self.iovecsPerSlot)
+        iovecs.initialize(repeating: iovec(), count: n * Self.iovecsPerSlot)
         // A chain can name at most `size` descriptors directly or 65535 through an indirect table;
         // segments beyond what one request may carry fail the request anyway, so keep a bounded buffer:
         // header + data + status + region splits.
         segments = SegmentBuffer(capacity: Self.iovecsPerSlot + 8)
         completions = .allocate(capacity: max(n, engine.capacity))
+        completions.initialize(repeating: BlockCompletion(tag: 0, result: 0))
     }
 
     deinit {

@@ -230,3 +230,24 @@ func parseCPUListRejectsMalformedLists(text: String) {
     #expect(e.description.hasPrefix("open /nope: "))
     #expect(e.description.hasSuffix("(errno \(ENOENT))"))
 }
+
+/// Queue state is allocated under a preferred-node policy (NUMAPolicy): pages touched inside land on
+/// that node, and the thread's policy is back to the default afterwards. (This machine has one node,
+/// so the placement half is weak here; the restore half is not.)
+@Test func preferredNodePolicyPlacesPagesAndIsRestored() throws {
+    guard let node = CPUTopology.numaNode(ofCPU: CPUTopology.allowedCPUs()[0]) else { return } // no NUMA
+    #expect(NUMAPolicy.currentMode == 0, "MPOL_DEFAULT before")
+    let page = 4096, pages = 16
+    let p = UnsafeMutableRawPointer.allocate(byteCount: page * pages, alignment: page)
+    defer { p.deallocate() }
+    let mode = NUMAPolicy.withPreferredNode(node) { () -> Int? in
+        p.initializeMemory(as: UInt8.self, repeating: 1, count: page * pages)
+        return NUMAPolicy.currentMode
+    }
+    #expect(mode == 1, "MPOL_PREFERRED inside")
+    #expect(NUMAPolicy.currentMode == 0, "MPOL_DEFAULT restored after")
+    for i in 0..<pages { #expect(CPUTopology.numaNode(of: p + i * page) == node) }
+    // A node that does not exist leaves the policy alone and still runs the body.
+    #expect(NUMAPolicy.withPreferredNode(4000) { 7 } == 7)
+    #expect(NUMAPolicy.currentMode == 0)
+}

@@ -56,6 +56,12 @@ int cvh_set_thread_name(const char *name);
 // libnuma: -1 when NUMA is unavailable. `cpus` gets up to `max` CPU ids of `node`; returns the count.
 int cvh_numa_available(void);
 int cvh_numa_cpus_of_node(int node, int *cpus, int max);
+int cvh_numa_node_of_cpu(int cpu);          // -1 when unknown
+// This thread's page allocations prefer `node` (MPOL_PREFERRED); node < 0 restores MPOL_DEFAULT.
+// 0 or an errno value.
+int cvh_numa_prefer_node(int node);
+int cvh_numa_node_of_address(void *addr);   // node of the page at addr (faulting it in), or -1
+int cvh_numa_policy_mode(void);             // this thread's MPOL_* mode, or -1
 
 // ---- libaio helpers (io_set_eventfd is static inline but touches a union member Swift cannot name)
 void cvh_aio_set_eventfd(struct iocb *cb, int efd);
