@@ -174,7 +174,13 @@ public final class Session<D: VhostUserDevice> {
         } else if protocolFeatures.contains(.inflightSHMFD) {
             logger.debug("queue \(i): INFLIGHT_SHMFD negotiated but no buffer set; requests are not logged")
         }
-        let (handler, poll) = try device.makeQueue(index: i, ring: ring, memory: memory, features: ackedFeatures)
+        let handler: D.Queue, poll: QueuePoller
+        do {
+            (handler, poll) = try device.makeQueue(index: i, ring: ring, memory: memory, features: ackedFeatures)
+        } catch {
+            ring.discardResubmissions()
+            throw error
+        }
         workers[i] = try Worker(index: i, handler: handler, poll: poll, kickFD: v.kick?.rawValue ?? -1,
                                 callFD: v.call?.rawValue ?? -1, errFD: v.err?.rawValue ?? -1,
                                 policy: device.workerPolicy(queue: i), logger: logger)

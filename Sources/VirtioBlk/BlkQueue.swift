@@ -74,6 +74,7 @@ public final class BlkQueue<E: BlockEngine> {
     }
 
     deinit {
+        ring.discardResubmissions()
         slots.deallocate()
         iovecs.deallocate()
         segments.deallocate()

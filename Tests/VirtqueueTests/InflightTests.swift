@@ -94,6 +94,7 @@ struct InflightTests {
         let later = try rig.addChains(1)              // the driver keeps adding meanwhile
 
         var q = try rig.restartedQueue()
+        defer { q.discardResubmissions() }
         let r = try q.attachInflight(log.region)
         #expect(r == InflightRecovery(fresh: false, resubmitted: 3, completedUnmarked: 0))
         #expect(q.nextAvail == 3, "used->idx 0 + 3 in flight")
@@ -126,6 +127,7 @@ struct InflightTests {
         #expect(rig.driver.deviceUsedIndex == 2)
 
         var q = try rig.restartedQueue()
+        defer { q.discardResubmissions() }
         let r = try q.attachInflight(log.region)
         #expect(r == InflightRecovery(fresh: false, resubmitted: 2, completedUnmarked: 2))
         var again: [UInt16] = []
@@ -145,6 +147,7 @@ struct InflightTests {
             log.setCounter(h, c)
         }
         var q = try rig.restartedQueue()
+        defer { q.discardResubmissions() }
         _ = try q.attachInflight(log.region)
         var order: [UInt16] = []
         while let h = q.popResubmission() { order.append(h) }
@@ -160,6 +163,7 @@ struct InflightTests {
         let log = LogRegion(capacity: 8)
         log.base.storeBytes(of: UInt16(7), toByteOffset: 8, as: UInt16.self)
         var q = try rig.restartedQueue()
+        defer { q.discardResubmissions() }
         #expect(throws: QueueError.self) { _ = try q.attachInflight(log.region) }
 
         // Version 1 with garbage everywhere: a batch "published" 60000 entries ago, `next` pointers and
