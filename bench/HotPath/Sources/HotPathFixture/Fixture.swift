@@ -17,12 +17,16 @@ public struct Scenario: Sendable {
     public var eventIdx: Bool
     /// Chains the driver publishes before each `poll` (one release store of avail->idx per batch).
     public var batch: Int
+    /// Log every request in an in-flight region (INFLIGHT_SHMFD), as it runs under QEMU, which always
+    /// negotiates it with us.
+    public var inflight: Bool
 
-    public init(shape: Shape, write: Bool, eventIdx: Bool, batch: Int) {
+    public init(shape: Shape, write: Bool, eventIdx: Bool, batch: Int, inflight: Bool = false) {
         self.shape = shape
         self.write = write
         self.eventIdx = eventIdx
         self.batch = batch
+        self.inflight = inflight
     }
 
     /// The variants, by name; shared by the benchmark and the callgrind driver so both measure the
@@ -34,6 +38,7 @@ public struct Scenario: Sendable {
         ("read-direct-eventidx-b40", Scenario(shape: .direct, write: false, eventIdx: true, batch: 40)),
         ("write-direct-b40", Scenario(shape: .direct, write: true, eventIdx: false, batch: 40)),
         ("read-direct-b1", Scenario(shape: .direct, write: false, eventIdx: false, batch: 1)),
+        ("read-direct-eventidx-inflight-b40", Scenario(shape: .direct, write: false, eventIdx: true, batch: 40, inflight: true)),
     ]
 }
 
@@ -63,6 +68,8 @@ public final class HotPathFixture {
     private let map: GuestMemoryMap
     private let host: UnsafeMutableRawPointer // host address of GPA 0
     public let queue: BlkQueue<NullEngine>
+    /// The in-flight region the queue logs into when the scenario asks for it.
+    private let inflightLog: MemoryMapping
 
     /// Heads of the pre-built chains, in the order the driver publishes them.
     private let heads: UnsafeMutablePointer<UInt16>
@@ -95,7 +102,11 @@ public final class HotPathFixture {
         let config = SplitQueueConfig(size: Self.queueSize, descriptorTable: GuestAddress(Self.descGPA),
                                       availRing: GuestAddress(Self.availGPA), usedRing: GuestAddress(Self.usedGPA),
                                       eventIdx: scenario.eventIdx)
-        let ring = try SplitQueue(config: config, memory: map.view, nextAvail: 0, usedIdx: 0)
+        var ring = try SplitQueue(config: config, memory: map.view, nextAvail: 0, usedIdx: 0)
+        inflightLog = try MemoryMapping(anonymous: InflightLayout.queueRegionBytes(queueSize: Self.queueSize))
+        if scenario.inflight {
+            _ = try ring.attachInflight(InflightRegion(base: inflightLog.base, capacity: Self.queueSize))
+        }
         let params = BlkQueueParams(capacitySectors: 1 << 21, blockSize: 512, readOnly: false, flush: true,
                                     discard: false, writeZeroes: false, writeZeroesMayUnmap: false, serial: "hotpath")
         queue = BlkQueue(ring: ring, memory: map, engine: try NullEngine(depth: Int(Self.queueSize)), params: params)
