@@ -26,11 +26,12 @@ let package = Package(
     ],
     targets: [
         // C only for what Swift cannot import: macros (CMSG_*, CPU_SET, ioctl numbers), _GNU_SOURCE
-        // APIs and explicit memory-order atomics on shared memory. No logic.
+        // APIs, explicit memory-order atomics on shared memory, and liburing's static inline helpers.
+        // No logic.
         .target(
             name: "CVhostLinux",
             cSettings: [.define("_GNU_SOURCE")],
-            linkerSettings: [.linkedLibrary("aio"), .linkedLibrary("numa")]
+            linkerSettings: [.linkedLibrary("aio"), .linkedLibrary("uring"), .linkedLibrary("numa")]
         ),
         .target(name: "VhostSystem", dependencies: ["CVhostLinux"]),
         .target(name: "GuestMemory", dependencies: ["VhostSystem", "CVhostLinux"]),

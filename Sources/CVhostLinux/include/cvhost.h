@@ -11,6 +11,7 @@
 #include <sys/uio.h>
 #include <libaio.h>
 #include "cvhost_blockio.h"
+#include "cvhost_uring.h"
 #include "cvhost_priv.h"
 
 #ifdef __cplusplus
