@@ -30,7 +30,7 @@ struct SyncFileIO: ~Copyable {
     init(store: BackingStore) throws(BlockIOError) {
         // Everything that can fail comes first: a noncopyable struct's fields are set all together.
         guard let file = store.file else {
-            throw .invalid("aio", path: store.path, "the store has no file")
+            throw .invalid(store.engineKind.rawValue, path: store.path, "the store has no file")
         }
         let memoryAlignment = max(store.directMemoryAlignment, 1)
         let offsetAlignment = max(store.directOffsetAlignment, 1)

@@ -87,10 +87,11 @@ struct BlockDeviceTests {
         #expect(sized.warnings.count == 1)
     }
 
-    @Test func ioOnA4KnBlockDevice() throws {
+    @Test(arguments: FileEngine.allCases)
+    func ioOnA4KnBlockDevice(_ kind: FileEngine) throws {
         let loop = try LoopDevice(size: 16 << 20, sectorSize: 4096)
         let store = try openStore(BackingOptions(path: loop.path))
-        let engine = try AioEngine(store: store, depth: 8)
+        let engine = try kind.make(store, depth: 8)
         let data = AlignedBuffer(count: 64 << 10)
         data.fill(seed: 5)
         let aligned = IovecList([(data, 0, 32 << 10), (data, (32 << 10), 32 << 10)])

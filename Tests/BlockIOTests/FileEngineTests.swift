@@ -3,7 +3,25 @@ import Testing
 import VhostSystem
 @testable import BlockIO
 
-@Suite struct AioEngineTests {
+/// The engines that do real I/O on a file or block device, each test run on every one of them: they
+/// must give the same results for the same requests.
+enum FileEngine: String, CaseIterable, CustomTestStringConvertible {
+    case aio, uring
+    /// io_uring with a kernel thread polling the submission ring.
+    case uringSQPoll = "uring-sqpoll"
+
+    var testDescription: String { rawValue }
+
+    func make(_ store: BackingStore, depth: Int) throws -> any BlockEngine {
+        switch self {
+        case .aio: return try AioEngine(store: store, depth: depth)
+        case .uring: return try UringEngine(store: store, depth: depth)
+        case .uringSQPoll: return try UringEngine(store: store, depth: depth, options: UringOptions(sqPoll: true))
+        }
+    }
+}
+
+@Suite struct FileEngineTests {
     /// A fresh 8 MiB store in its own directory (kept alive with the store).
     struct Fixture {
         let dir: TempDir
@@ -18,10 +36,11 @@ import VhostSystem
         }
     }
 
-    @Test func batchedWritesThenReadsRoundTrip() throws {
+    @Test(arguments: FileEngine.allCases)
+    func batchedWritesThenReadsRoundTrip(_ kind: FileEngine) throws {
         let f = try Fixture()
         #expect(f.store.directIO)
-        let engine = try AioEngine(store: f.store, depth: 16)
+        let engine = try kind.make(f.store, depth: 16)
         #expect(engine.capacity == 16)
         #expect(engine.completionEventFD != nil)
         // 12 requests of 3 segments each (4 KiB, 8 KiB, 4 KiB), more than the 8 completions the
@@ -49,9 +68,10 @@ import VhostSystem
         }
     }
 
-    @Test func manySmallAlignedSegments() throws {
+    @Test(arguments: FileEngine.allCases)
+    func manySmallAlignedSegments(_ kind: FileEngine) throws {
         let f = try Fixture()
-        let engine = try AioEngine(store: f.store, depth: 2)
+        let engine = try kind.make(f.store, depth: 2)
         let data = AlignedBuffer(count: 64 * 512)
         data.fill(seed: 3)
         // 64 segments of one 512-byte sector each, in reverse memory order.
@@ -62,10 +82,11 @@ import VhostSystem
         #expect(preadBytes(f.path, offset: 1 << 20, length: 64 * 512) == expected)
     }
 
-    @Test func misalignedBuffersGoThroughTheBounceBuffer() throws {
+    @Test(arguments: FileEngine.allCases)
+    func misalignedBuffersGoThroughTheBounceBuffer(_ kind: FileEngine) throws {
         let f = try Fixture()
         let sync = try SyncFileIO(store: f.store)
-        let engine = try AioEngine(store: f.store, depth: 4)
+        let engine = try kind.make(f.store, depth: 4)
         // Buffers 1 and 8 bytes off alignment, and a segment length that is not a sector multiple.
         let raw = AlignedBuffer(count: 3 << 20)
         raw.fill(seed: 77)
@@ -94,9 +115,10 @@ import VhostSystem
         #expect(bigBack.bytes(8 ..< (3 << 20) - 504) == raw.bytes(16 ..< (3 << 20) - 496))
     }
 
-    @Test func unalignedOffsetsReadModifyWrite() throws {
+    @Test(arguments: FileEngine.allCases)
+    func unalignedOffsetsReadModifyWrite(_ kind: FileEngine) throws {
         let f = try Fixture()
-        let engine = try AioEngine(store: f.store, depth: 4)
+        let engine = try kind.make(f.store, depth: 4)
         let background = [UInt8](repeating: 0xAB, count: 16384)
         pwriteBytes(f.path, background, offset: 0)
         let data = AlignedBuffer(count: 8192)
@@ -117,13 +139,15 @@ import VhostSystem
         #expect(back.bytes == data.bytes(100 ..< 5100))
     }
 
-    @Test func flushSucceedsAndSignalsTheEventFD() throws {
+    @Test(arguments: FileEngine.allCases)
+    func flushSucceedsAndSignalsTheEventFD(_ kind: FileEngine) throws {
         let f = try Fixture()
-        let engine = try AioEngine(store: f.store, depth: 4)
+        let engine = try kind.make(f.store, depth: 4)
         engine.enqueue(BlockRequest(tag: 9, operation: .flush, offset: 0, length: 0))
         engine.submit()
-        // A completion done at enqueue still wakes a worker sleeping on the eventfd.
-        #expect(try Poll.readable([engine.completionEventFD!], timeoutMs: 0) == [0])
+        // Whether the flush was done at enqueue (aio) or by the kernel afterwards (uring), its
+        // completion wakes a worker sleeping on the eventfd. 10 s: a bound for a broken engine.
+        #expect(try Poll.readable([engine.completionEventFD!], timeoutMs: 10_000) == [0])
         drainEventFD(engine.completionEventFD!)
         var out = [BlockCompletion](repeating: BlockCompletion(tag: 0, result: 1), count: 4)
         let n = out.withUnsafeMutableBufferPointer { engine.reap(into: $0) }
@@ -133,20 +157,43 @@ import VhostSystem
         #expect(try Poll.readable([engine.completionEventFD!], timeoutMs: 0).isEmpty)
     }
 
-    @Test(arguments: [BlockOperation.discard, .writeZeroes, .writeZeroesUnmap], ["/var/tmp", "/dev/shm"])
-    func zeroingOperationsZeroTheRange(_ operation: BlockOperation, _ parent: String) throws {
-        // /dev/shm is tmpfs, which has no FALLOC_FL_ZERO_RANGE: write zeroes falls back to writing.
-        let f = try Fixture(under: parent)
-        let pattern = [UInt8](repeating: 0x5A, count: 256 << 10)
-        pwriteBytes(f.path, pattern, offset: 0)
-        let engine = try AioEngine(store: f.store, depth: 4)
-        let request = BlockRequest(tag: 4, operation: operation, offset: 64 << 10, length: 128 << 10)
-        #expect(try runOne(engine, request) == 0)
-        let back = preadBytes(f.path, offset: 0, length: 256 << 10)
-        #expect(back[0 ..< 64 << 10].allSatisfy { $0 == 0x5A })
-        #expect(back[64 << 10 ..< 192 << 10].allSatisfy { $0 == 0 })
-        #expect(back[192 << 10 ..< 256 << 10].allSatisfy { $0 == 0x5A })
-        #expect(statOf(f.path).st_size == 8 << 20)
+    @Test(arguments: FileEngine.allCases, ["/var/tmp", "/dev/shm"])
+    func zeroingOperationsZeroTheRange(_ kind: FileEngine, _ parent: String) throws {
+        // /dev/shm is tmpfs, which has no FALLOC_FL_ZERO_RANGE: write zeroes falls back to writing
+        // (for uring, after the asynchronous fallocate came back with EOPNOTSUPP).
+        for operation in [BlockOperation.discard, .writeZeroes, .writeZeroesUnmap] {
+            let f = try Fixture(under: parent)
+            let pattern = [UInt8](repeating: 0x5A, count: 256 << 10)
+            pwriteBytes(f.path, pattern, offset: 0)
+            let engine = try kind.make(f.store, depth: 4)
+            let request = BlockRequest(tag: 4, operation: operation, offset: 64 << 10, length: 128 << 10)
+            #expect(try runOne(engine, request) == 0, "\(operation)")
+            let back = preadBytes(f.path, offset: 0, length: 256 << 10)
+            #expect(back[0 ..< 64 << 10].allSatisfy { $0 == 0x5A }, "\(operation)")
+            #expect(back[64 << 10 ..< 192 << 10].allSatisfy { $0 == 0 }, "\(operation)")
+            #expect(back[192 << 10 ..< 256 << 10].allSatisfy { $0 == 0x5A }, "\(operation)")
+            #expect(statOf(f.path).st_size == 8 << 20, "\(operation)")
+        }
+    }
+
+    @Test(arguments: FileEngine.allCases)
+    func durableWritesRoundTrip(_ kind: FileEngine) throws {
+        // Write-through: a write durable on completion (RWF_DSYNC, or pwrite + fdatasync on the
+        // bounce path) gives the same result and data as a plain one. That the data is on stable
+        // storage is the kernel's promise; a process cannot observe it short of a power cut.
+        let f = try Fixture()
+        let engine = try kind.make(f.store, depth: 4)
+        let data = AlignedBuffer(count: 16384)
+        data.fill(seed: 9)
+        let aligned = IovecList([(data, 0, 8192)])
+        let misaligned = IovecList([(data, 1, 4096)])
+        let results = try run(engine, [
+            aligned.request(tag: 1, .writeDurable, offset: 0),
+            misaligned.request(tag: 2, .writeDurable, offset: 65536),
+        ])
+        #expect(results == [1: 0, 2: 0])
+        #expect(preadBytes(f.path, offset: 0, length: 8192) == data.bytes(0 ..< 8192))
+        #expect(preadBytes(f.path, offset: 65536, length: 4096) == data.bytes(1 ..< 4097))
     }
 
     @Test func zeroWritingFallbackHandlesUnalignedRanges() throws {
@@ -162,9 +209,10 @@ import VhostSystem
         #expect(back[5300...].allSatisfy { $0 == 0x11 })
     }
 
-    @Test func readOnlyStoreRejectsWrites() throws {
+    @Test(arguments: FileEngine.allCases)
+    func readOnlyStoreRejectsWrites(_ kind: FileEngine) throws {
         let f = try Fixture(readOnly: true)
-        let engine = try AioEngine(store: f.store, depth: 8)
+        let engine = try kind.make(f.store, depth: 8)
         let data = AlignedBuffer(count: 4096)
         let list = IovecList([(data, 0, 4096)])
         let misaligned = IovecList([(data, 1, 512)])
@@ -183,9 +231,10 @@ import VhostSystem
         #expect(results[7] == 0)
     }
 
-    @Test func shortTransferIsAnIOError() throws {
+    @Test(arguments: FileEngine.allCases)
+    func shortTransferIsAnIOError(_ kind: FileEngine) throws {
         let f = try Fixture()
-        let engine = try AioEngine(store: f.store, depth: 2)
+        let engine = try kind.make(f.store, depth: 2)
         // The file shrinks under the open store: a read the capacity allows finds end of file.
         #expect(truncate(f.path, 4096) == 0)
         let data = AlignedBuffer(count: 8192)
@@ -195,9 +244,10 @@ import VhostSystem
         #expect(try runOne(engine, odd.request(tag: 2, .read, offset: 0)) == -EIO)
     }
 
-    @Test func invalidIovecsFailWithoutCrashing() throws {
+    @Test(arguments: FileEngine.allCases)
+    func invalidIovecsFailWithoutCrashing(_ kind: FileEngine) throws {
         let f = try Fixture()
-        let engine = try AioEngine(store: f.store, depth: 2)
+        let engine = try kind.make(f.store, depth: 2)
         let results = try run(engine, [
             BlockRequest(tag: 1, operation: .read, offset: 0, length: 4096, iovecs: nil, iovecCount: 1),
             BlockRequest(tag: 2, operation: .write, offset: 0, length: 0, iovecs: nil, iovecCount: 0),
@@ -206,9 +256,10 @@ import VhostSystem
         #expect(results[2] == 0)
     }
 
-    @Test func slotsAreReusedAcrossManyPasses() throws {
+    @Test(arguments: FileEngine.allCases)
+    func slotsAreReusedAcrossManyPasses(_ kind: FileEngine) throws {
         let f = try Fixture()
-        let engine = try AioEngine(store: f.store, depth: 2)
+        let engine = try kind.make(f.store, depth: 2)
         let data = AlignedBuffer(count: 4096)
         let list = IovecList([(data, 0, 4096)])
         for pass in 0..<50 {
