@@ -91,9 +91,9 @@ public final class BackingStore: @unchecked Sendable {
                            "the memory engine keeps data in RAM only: give a size without a path")
         case (.memory, nil), (.null, nil):
             try setUpWithoutFile(options, &setup)
-        case (.aio, nil):
-            throw .invalid("open", path: nil, "the aio engine needs a file or block device path")
-        case (.aio, .some(let path)), (.null, .some(let path)):
+        case (.aio, nil), (.uring, nil):
+            throw .invalid("open", path: nil, "the \(options.engine.rawValue) engine needs a file or block device path")
+        case (.aio, .some(let path)), (.uring, .some(let path)), (.null, .some(let path)):
             try openFile(path, options, &setup)
         }
         return BackingStore(setup)
@@ -139,6 +139,7 @@ public final class BackingStore: @unchecked Sendable {
     public func makeEngine(depth: Int) throws(BlockIOError) -> any BlockEngine {
         switch engineKind {
         case .aio: return try AioEngine(store: self, depth: depth)
+        case .uring: return try UringEngine(store: self, depth: depth)
         case .null: return try NullEngine(depth: depth)
         case .memory: return try MemoryEngine(store: self, depth: depth)
         }

@@ -83,6 +83,8 @@ public protocol BlockEngine: AnyObject {
 public enum EngineKind: String, Sendable, CaseIterable {
     /// libaio on the file or block device (O_DIRECT when the filesystem accepts it).
     case aio
+    /// io_uring on the file or block device (O_DIRECT when the filesystem accepts it).
+    case uring
     /// Completes everything at once without touching memory: measures the virtio path alone.
     case null
     /// A RAM disk in an anonymous mapping shared by all queues.

@@ -126,6 +126,15 @@ extension VirtioBlkDevice where E == AioEngine {
     }
 }
 
+extension VirtioBlkDevice where E == UringEngine {
+    public convenience init(uring store: BackingStore, configuration: DaemonConfiguration, cpus: [Int]) {
+        let options = configuration.uring
+        self.init(store: store, configuration: configuration, cpus: cpus,
+                  makePoller: { q in { accept throws(QueueError) in try q.poll(acceptNew: accept) } },
+                  makeEngine: { try UringEngine(store: store, depth: $0, options: options) })
+    }
+}
+
 extension VirtioBlkDevice where E == NullEngine {
     public convenience init(null store: BackingStore, configuration: DaemonConfiguration, cpus: [Int]) {
         self.init(store: store, configuration: configuration, cpus: cpus,

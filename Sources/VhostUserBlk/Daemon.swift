@@ -34,6 +34,8 @@ public enum Daemon {
         switch store.engineKind {
         case .aio:
             try serve(VirtioBlkDevice(aio: store, configuration: configuration, cpus: cpus), configuration, sigfd: sigfd, logger: logger)
+        case .uring:
+            try serve(VirtioBlkDevice(uring: store, configuration: configuration, cpus: cpus), configuration, sigfd: sigfd, logger: logger)
         case .null:
             try serve(VirtioBlkDevice(null: store, configuration: configuration, cpus: cpus), configuration, sigfd: sigfd, logger: logger)
         case .memory:
@@ -90,6 +92,16 @@ public enum Daemon {
                 throw DaemonError(argument: "--user", "cannot drop privileges: \(error)")
             }
             logger.info("dropped privileges to \(target); setuid(0) refused, root cannot be regained")
+        }
+        if device.store.engineKind == .uring {
+            // After the privilege drop: kernel.io_uring_disabled = 1 admits root but perhaps not --user.
+            // Before the first front-end: a queue that cannot make its ring would only fail then.
+            do {
+                try UringEngine.probe(store: device.store, options: configuration.uring)
+            } catch {
+                throw DaemonError(argument: "--engine", "uring: \(error)")
+            }
+            logger.info("io_uring: registered file, completion eventfd\(configuration.uring.sqPoll ? ", SQ polling (thread idle after \(configuration.uring.sqPollIdleMilliseconds) ms\(configuration.uring.sqPollCPU.map { ", on CPU \($0)" } ?? ""))" : "")")
         }
         let server = try VhostUserServer(listener: listener, device: device, logger: logger)
         let signals = try PinnedThread(name: "signals", cpu: nil) {

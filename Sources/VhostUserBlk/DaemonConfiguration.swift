@@ -41,6 +41,8 @@ public struct DaemonConfiguration: Sendable {
     public var socketMode: mode_t = 0o600
     /// Who to become once the store is open and the socket listens (`--user`); nil: stay as started.
     public var runAs: Credentials? = nil
+    /// Ring options of `--engine uring` (`--uring-sqpoll`, `--uring-sqpoll-cpu`).
+    public var uring = UringOptions()
 
     public init(listen: Listen, backing: BackingOptions) {
         self.listen = listen
@@ -73,8 +75,10 @@ public struct DaemonConfiguration: Sendable {
             throw DaemonError(argument: "--serial", "at most 20 bytes (virtio-blk GET_ID), got \(s.utf8.count)")
         }
         switch backing.engine {
-        case .aio:
-            guard backing.path != nil else { throw DaemonError(argument: "--backing", "required with --engine aio") }
+        case .aio, .uring:
+            guard backing.path != nil else {
+                throw DaemonError(argument: "--backing", "required with --engine \(backing.engine.rawValue)")
+            }
         case .null, .memory:
             guard backing.path == nil else {
                 throw DaemonError(argument: "--backing", "not used with --engine \(backing.engine.rawValue)")
@@ -82,6 +86,13 @@ public struct DaemonConfiguration: Sendable {
             guard backing.createSize != nil else {
                 throw DaemonError(argument: "--size", "required with --engine \(backing.engine.rawValue)")
             }
+        }
+        if backing.engine != .uring && uring.sqPoll {
+            throw DaemonError(argument: "--uring-sqpoll", "only with --engine uring")
+        }
+        if let cpu = uring.sqPollCPU {
+            guard uring.sqPoll else { throw DaemonError(argument: "--uring-sqpoll-cpu", "only with --uring-sqpoll") }
+            guard cpu >= 0 else { throw DaemonError(argument: "--uring-sqpoll-cpu", "must be ≥ 0, got \(cpu)") }
         }
         if case .path(let p) = listen, p.isEmpty { throw DaemonError(argument: "--socket", "empty path") }
         guard socketMode & ~Self.allowedSocketModeBits == 0, socketMode & 0o600 == 0o600 else {

@@ -58,8 +58,14 @@ struct VhostUserBlkCommand: ParsableCommand {
     @Flag(name: .customLong("read-only"), help: "Offer VIRTIO_BLK_F_RO and reject writes.")
     var readOnly = false
 
-    @Option(help: "I/O engine: aio (libaio, O_DIRECT), null (completes at once), memory (RAM disk).")
+    @Option(help: "I/O engine: aio (libaio, O_DIRECT), uring (io_uring, O_DIRECT), null (completes at once), memory (RAM disk).")
     var engine: String = "aio"
+
+    @Flag(name: .customLong("uring-sqpoll"), help: "With --engine uring: a kernel thread per queue polls for submissions (no system call per batch; takes a CPU while busy).")
+    var uringSQPoll = false
+
+    @Option(name: .customLong("uring-sqpoll-cpu"), help: "With --uring-sqpoll: pin the polling threads to this CPU (default: the scheduler picks).")
+    var uringSQPollCPU: Int?
 
     @Option(help: "Serial returned by GET_ID (≤ 20 bytes; default derived from the backing path).")
     var serial: String?
@@ -107,6 +113,7 @@ struct VhostUserBlkCommand: ParsableCommand {
         c.maxQueueSize = queueSize16
         c.serial = serial
         c.pollMicroseconds = pollUS
+        c.uring = UringOptions(sqPoll: uringSQPoll, sqPollCPU: uringSQPollCPU)
         // Names are resolved now, before anything is opened: a typo fails at once, naming the argument.
         do {
             if let o = socketOwner { c.socketOwner = try Privileges.userID(o) }

@@ -129,6 +129,7 @@ import VhostSystem
         #expect(openError(BackingOptions(engine: .memory))?.errno == EINVAL)
         #expect(openError(BackingOptions(path: "/var/tmp/x", createSize: 1 << 20, engine: .memory))?.errno == EINVAL)
         #expect(openError(BackingOptions(engine: .aio))?.errno == EINVAL)
+        #expect(openError(BackingOptions(engine: .uring))?.errno == EINVAL)
     }
 
     @Test func nullEngineOverAFileTakesItsGeometry() throws {
@@ -144,11 +145,15 @@ import VhostSystem
         let dir = try TempDir()
         let aio = try openStore(BackingOptions(path: dir.file("a.img"), createSize: 1 << 20))
         #expect(try aio.makeEngine(depth: 8) is AioEngine)
+        let uring = try openStore(BackingOptions(path: dir.file("a.img"), engine: .uring))
+        #expect(try uring.makeEngine(depth: 8) is UringEngine)
+        #expect(throws: BlockIOError.self) { try uring.makeEngine(depth: 0) }
         let memory = try openStore(BackingOptions(createSize: 1 << 20, engine: .memory))
         #expect(try memory.makeEngine(depth: 8) is MemoryEngine)
         #expect(throws: BlockIOError.self) { try aio.makeEngine(depth: 0) }
         #expect(throws: BlockIOError.self) { try MemoryEngine(store: aio, depth: 8) }
         #expect(throws: BlockIOError.self) { try AioEngine(store: memory, depth: 8) }
+        #expect(throws: BlockIOError.self) { try UringEngine(store: memory, depth: 8) }
     }
 
     @Test func flushSyncOnFile() throws {

@@ -23,6 +23,7 @@ func failingArgument(_ c: DaemonConfiguration) -> String?? {
     try configuration().validate()
     try configuration { $0.queues = 256; $0.maxQueueSize = 1; $0.serial = String(repeating: "s", count: 20) }.validate()
     try configuration { $0.backing = BackingOptions(path: "/dev/null", engine: .aio); $0.backing.blockSize = 4096 }.validate()
+    try configuration { $0.backing = BackingOptions(path: "/dev/null", engine: .uring); $0.uring = UringOptions(sqPoll: true, sqPollCPU: 1) }.validate()
 }
 
 struct BadConfiguration: Sendable, CustomTestStringConvertible {
@@ -46,6 +47,16 @@ struct BadConfiguration: Sendable, CustomTestStringConvertible {
     BadConfiguration(name: "null engine without --size", argument: "--size") { $0.backing = BackingOptions(engine: .null) },
     BadConfiguration(name: "memory engine with --backing", argument: "--backing") { $0.backing.path = "/tmp/disk" },
     BadConfiguration(name: "aio without --backing", argument: "--backing") { $0.backing = BackingOptions(createSize: 4096, engine: .aio) },
+    BadConfiguration(name: "uring without --backing", argument: "--backing") { $0.backing = BackingOptions(createSize: 4096, engine: .uring) },
+    BadConfiguration(name: "--uring-sqpoll with the memory engine", argument: "--uring-sqpoll") { $0.uring.sqPoll = true },
+    BadConfiguration(name: "--uring-sqpoll-cpu without --uring-sqpoll", argument: "--uring-sqpoll-cpu") {
+        $0.backing = BackingOptions(path: "/dev/null", engine: .uring)
+        $0.uring.sqPollCPU = 1
+    },
+    BadConfiguration(name: "--uring-sqpoll-cpu -1", argument: "--uring-sqpoll-cpu") {
+        $0.backing = BackingOptions(path: "/dev/null", engine: .uring)
+        $0.uring = UringOptions(sqPoll: true, sqPollCPU: -1)
+    },
     BadConfiguration(name: "--poll-us -1", argument: "--poll-us") { $0.pollMicroseconds = -1 },
     BadConfiguration(name: "empty --socket", argument: "--socket") { $0.listen = .path("") },
 ])
