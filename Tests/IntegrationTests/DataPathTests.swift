@@ -21,6 +21,9 @@ struct DataPathCase: Sendable, CustomTestStringConvertible {
         DataPathCase(engine: "aio", indirect: false, eventIdx: false, memory: .addMemReg),
         DataPathCase(engine: "aio", indirect: true, eventIdx: true, memory: .memTable),
         DataPathCase(engine: "aio", indirect: false, eventIdx: true, memory: .addMemReg),
+        DataPathCase(engine: "uring", indirect: false, eventIdx: false, memory: .addMemReg),
+        DataPathCase(engine: "uring", indirect: true, eventIdx: true, memory: .memTable),
+        DataPathCase(engine: "uring-sqpoll", indirect: false, eventIdx: true, memory: .addMemReg),
     ]
 
     var options: Frontend.StartOptions {
@@ -52,7 +55,7 @@ struct DataPathTests {
         }
     }
 
-    @Test("guest buffers at unaligned addresses (lengths still sector multiples)", arguments: ["memory", "aio"])
+    @Test("guest buffers at unaligned addresses (lengths still sector multiples)", arguments: allEngines)
     func unalignedBuffers(_ engine: String) throws {
         let daemon = try TestDaemon.engine(engine)
         let s = try daemon.session()
@@ -65,7 +68,7 @@ struct DataPathTests {
         }
     }
 
-    @Test("segments of any length whose total is a sector multiple", arguments: ["memory", "aio"])
+    @Test("segments of any length whose total is a sector multiple", arguments: allEngines)
     func oddSegmentLengths(_ engine: String) throws {
         let daemon = try TestDaemon.engine(engine)
         let s = try daemon.session()
@@ -93,7 +96,7 @@ struct DataPathTests {
         }
     }
 
-    @Test("hundreds of requests in flight; the ring wraps several times", arguments: ["memory", "aio"])
+    @Test("hundreds of requests in flight; the ring wraps several times", arguments: allEngines)
     func manyInFlight(_ engine: String) throws {
         let daemon = try TestDaemon.engine(engine)
         let queueSize = 256
@@ -155,7 +158,7 @@ struct DataPathTests {
         }
     }
 
-    @Test("two queues driven concurrently from two threads", arguments: ["memory", "aio"])
+    @Test("two queues driven concurrently from two threads", arguments: allEngines)
     func twoQueuesConcurrently(_ engine: String) throws {
         let daemon = try TestDaemon.engine(engine, queues: 2)
         let s = try daemon.session(queues: 2, queueSize: 64)

@@ -15,9 +15,10 @@ struct DurabilityTests {
     static let blocks = 64
     static let sectorsPerBlock = 8 // 4 KiB blocks
 
-    @Test("SIGKILL right after the last acknowledgement; a new daemon reads every block back", arguments: [true, false])
-    func killAfterAcknowledgedWrites(writeBack: Bool) throws {
-        let first = try TestDaemon.aio()
+    @Test("SIGKILL right after the last acknowledgement; a new daemon reads every block back",
+          arguments: fileEngines, [true, false])
+    func killAfterAcknowledgedWrites(engine: String, writeBack: Bool) throws {
+        let first = try TestDaemon.file(engine: engine)
         let args = first.process.arguments.filter { $0 != first.socketPath && $0 != "--socket" }
         let s = try first.session()
         try first.run(s.frontend) { () throws in

@@ -22,6 +22,10 @@ struct BadArguments: Sendable, CustomTestStringConvertible {
         BadArguments(arguments: ["--engine", "memory", "--size", "1M", "--queue-size", "1000"], passSocket: true, names: "--queue-size"),
         BadArguments(arguments: ["--engine", "memory", "--size", "lots"], passSocket: true, names: "--size"),
         BadArguments(arguments: ["--engine", "memory"], passSocket: true, names: "--size"),
+        BadArguments(arguments: ["--engine", "uring", "--size", "1M"], passSocket: true, names: "--backing"),
+        BadArguments(arguments: ["--engine", "memory", "--size", "1M", "--uring-sqpoll"], passSocket: true, names: "--uring-sqpoll"),
+        BadArguments(arguments: ["--engine", "uring", "--backing", "/var/tmp/x.img", "--uring-sqpoll-cpu", "0"],
+                     passSocket: true, names: "--uring-sqpoll-cpu"),
     ]
 }
 
@@ -37,7 +41,7 @@ struct ProcessTests {
         #expect(access(daemon.socketPath, F_OK) != 0, "socket file left behind")
     }
 
-    @Test("SIGTERM during I/O with a session active: exit 0, socket removed", arguments: ["memory", "aio"])
+    @Test("SIGTERM during I/O with a session active: exit 0, socket removed", arguments: allEngines)
     func terminateDuringIO(_ engine: String) throws {
         let daemon = try TestDaemon.engine(engine)
         let s = try daemon.session()

@@ -8,7 +8,7 @@ import VhostUserTesting
 
 @Suite("virtio-blk request semantics")
 struct RequestSemanticsTests {
-    @Test("FLUSH completes OK", arguments: ["memory", "aio"])
+    @Test("FLUSH completes OK", arguments: allEngines)
     func flush(_ engine: String) throws {
         let daemon = try TestDaemon.engine(engine)
         let s = try daemon.session()
@@ -19,9 +19,9 @@ struct RequestSemanticsTests {
         }
     }
 
-    @Test("aio: data written and flushed is in the backing file")
-    func aioDataReachesFile() throws {
-        let daemon = try TestDaemon.aio()
+    @Test("data written and flushed is in the backing file", arguments: fileEngines)
+    func dataReachesFile(_ engine: String) throws {
+        let daemon = try TestDaemon.file(engine: engine)
         let s = try daemon.session()
         try daemon.run(s.frontend) { () throws in
             let data = patternBytes(seed: 101, byteOffset: 4096 * 512, count: 64 * 512)
@@ -32,7 +32,7 @@ struct RequestSemanticsTests {
         }
     }
 
-    @Test("DISCARD, then the range reads as zeros", arguments: ["memory", "aio"])
+    @Test("DISCARD, then the range reads as zeros", arguments: allEngines)
     func discardReadsZeros(_ engine: String) throws {
         let daemon = try TestDaemon.engine(engine)
         let s = try daemon.session()
@@ -55,7 +55,7 @@ struct RequestSemanticsTests {
         }
     }
 
-    @Test("WRITE_ZEROES with and without UNMAP, then zeros", arguments: ["memory", "aio"])
+    @Test("WRITE_ZEROES with and without UNMAP, then zeros", arguments: allEngines)
     func writeZeroes(_ engine: String) throws {
         let daemon = try TestDaemon.engine(engine)
         let s = try daemon.session()
@@ -139,7 +139,7 @@ struct RequestSemanticsTests {
     }
 
     @Test("reads and writes beyond capacity, with overflowing sectors, or of partial sectors fail with IOERR",
-          arguments: ["memory", "aio"])
+          arguments: allEngines)
     func outOfRange(_ engine: String) throws {
         let daemon = try TestDaemon.engine(engine)
         let s = try daemon.session()

@@ -150,8 +150,10 @@ struct SecurityTests {
 
     /// The backing file is root's, 0600, in a 0700 root directory: nobody could never open it, so
     /// serving I/O on it proves the store was opened before the drop.
-    @Test("--user nobody: every thread runs as nobody without capabilities, I/O on a root-only file works, SIGTERM exits 0")
-    func dropToNobody() throws {
+    /// With uring, the start-up probe runs after the drop, as nobody.
+    @Test("--user nobody: every thread runs as nobody without capabilities, I/O on a root-only file works, SIGTERM exits 0",
+          arguments: fileEngines)
+    func dropToNobody(_ engine: String) throws {
         try #require(geteuid() == 0, "needs root (CI runs the tests as root)")
         let nobody = try #require(uidOf("nobody"))
         let nogroup = try #require(gidOf("nogroup"))
@@ -162,7 +164,7 @@ struct SecurityTests {
         try #require(dirStat.st_mode & 0o777 == 0o700 && dirStat.st_uid == 0)
         try #require(fileStat.st_mode & 0o777 == 0o600 && fileStat.st_uid == 0)
 
-        let daemon = try TestDaemon(["--engine", "aio", "--backing", file, "--queues", "2", "--user", "nobody"], directory: dir)
+        let daemon = try TestDaemon(["--engine", engine, "--backing", file, "--queues", "2", "--user", "nobody"], directory: dir)
         #expect(daemon.process.stderr.contains("dropped privileges"), "\(daemon.context())")
         let s = try daemon.session(queues: 2)
         try daemon.run(s.frontend) { () throws in

@@ -29,7 +29,7 @@ struct SessionTests {
         }
     }
 
-    @Test("a front-end that vanishes with requests in flight; the next one is served", arguments: ["memory", "aio"])
+    @Test("a front-end that vanishes with requests in flight; the next one is served", arguments: allEngines)
     func vanishWithRequestsInFlight(_ engine: String) throws {
         let daemon = try TestDaemon.engine(engine)
         let first = try daemon.session(queueSize: 128)

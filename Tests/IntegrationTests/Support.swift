@@ -6,6 +6,11 @@ import VhostSystem
 import VhostUserProtocol
 import VhostUserTesting
 
+/// Every engine a test of the data path runs on: the RAM disk and both file engines.
+let allEngines = ["memory", "aio", "uring"]
+/// The engines that do I/O on a file.
+let fileEngines = ["aio", "uring"]
+
 /// 64 MiB in 512-byte sectors: the disk most tests use (`--size 64M`).
 let diskBytes = 64 << 20
 let diskSectors = UInt64(diskBytes / 512)
@@ -38,13 +43,21 @@ final class TestDaemon: @unchecked Sendable {
     /// The aio engine on a fresh sparse 64 MiB file in the test's directory (a disk filesystem, so
     /// O_DIRECT works).
     static func aio(queues: Int = 1, extra: [String] = []) throws -> TestDaemon {
-        let dir = try TemporaryDirectory()
-        let file = try dir.makeFile("disk.img", size: diskBytes)
-        return try TestDaemon(["--engine", "aio", "--backing", file, "--queues", String(queues)] + extra, directory: dir)
+        try file(engine: "aio", queues: queues, extra: extra)
     }
 
+    /// `engine` on a fresh sparse 64 MiB file in the test's directory: "aio", "uring", or
+    /// "uring-sqpoll" (the uring engine with `--uring-sqpoll`).
+    static func file(engine: String, queues: Int = 1, extra: [String] = []) throws -> TestDaemon {
+        let dir = try TemporaryDirectory()
+        let file = try dir.makeFile("disk.img", size: diskBytes)
+        let engineArguments = engine == "uring-sqpoll" ? ["--engine", "uring", "--uring-sqpoll"] : ["--engine", engine]
+        return try TestDaemon(engineArguments + ["--backing", file, "--queues", String(queues)] + extra, directory: dir)
+    }
+
+    /// "memory", or an engine on a file (see `file(engine:)`).
     static func engine(_ name: String, queues: Int = 1, extra: [String] = []) throws -> TestDaemon {
-        name == "aio" ? try aio(queues: queues, extra: extra) : try memory(queues: queues, extra: extra)
+        name == "memory" ? try memory(queues: queues, extra: extra) : try file(engine: name, queues: queues, extra: extra)
     }
 
     func connect() throws -> Frontend { try Frontend.connectServing(socketPath: socketPath) }
