@@ -13,7 +13,7 @@ export PATH=/opt/swift/usr/bin:$PATH
 
 what=${1:-all}
 variants=(read-direct-b40 read-indirect-b40 read-direct-eventidx-b40 write-direct-b40 read-direct-b1
-          read-direct-eventidx-inflight-b40)
+          read-direct-eventidx-inflight-b40 uring-read-direct-b40 aio-read-direct-b40)
 
 bench() {
     # Store the run as a baseline, print it, then check it against Thresholds/ (mallocCountTotal = 0):

@@ -1,4 +1,5 @@
 import Benchmark
+import BlockIO
 import HotPathFixture
 
 // Each iteration is 1000 requests (scalingFactor .kilo), so `--scale` prints wall time per request and a
@@ -22,15 +23,24 @@ let benchmarks: @Sendable () -> Void = {
     )
 
     for (name, scenario) in Scenario.all {
-        precondition(requestsPerIteration % scenario.batch == 0)
-        let passes = requestsPerIteration / scenario.batch
-        Benchmark(name) { benchmark, fixture in
-            fixture.run(passes: passes)
-            if let why = fixture.failure() { benchmark.error(why) }
-        } setup: { () throws -> HotPathFixture in
-            let fixture = try HotPathFixture(scenario)
-            try fixture.verifyOnePass()
-            return fixture
+        switch scenario.engine {
+        case .null: register(name, scenario) { try HotPathFixture(null: $0) }
+        case .uring: register(name, scenario) { try HotPathFixture(uring: $0) }
+        case .aio: register(name, scenario) { try HotPathFixture(aio: $0) }
         }
+    }
+}
+
+/// One benchmark; called with a concrete engine, so `run` (inlinable) is specialised for it here.
+func register<E: BlockEngine>(_ name: String, _ scenario: Scenario, _ make: @escaping (Scenario) throws -> HotPathFixture<E>) {
+    precondition(requestsPerIteration % scenario.batch == 0)
+    let passes = requestsPerIteration / scenario.batch
+    Benchmark(name) { benchmark, fixture in
+        fixture.run(passes: passes)
+        if let why = fixture.failure() { benchmark.error(why) }
+    } setup: { () throws -> HotPathFixture<E> in
+        let fixture = try make(scenario)
+        try fixture.verifyOnePass()
+        return fixture
     }
 }

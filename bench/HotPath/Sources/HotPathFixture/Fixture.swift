@@ -8,9 +8,14 @@ import VhostSystem
 import VirtioBlk
 import Virtqueue
 
-/// What one benchmark variant puts on the ring.
+/// What one benchmark variant puts on the ring, and the engine that serves it.
 public struct Scenario: Sendable {
     public enum Shape: Sendable { case direct, indirect }
+    /// `null` completes at enqueue without touching memory: the virtio path alone. `uring` and
+    /// `aio` read a small file whose pages are all in the page cache, so the kernel completes every
+    /// read inside the submitting system call and each pass still sees its whole batch done: the
+    /// path plus the engine and its system calls, without a disk.
+    public enum Engine: Sendable { case null, uring, aio }
     public var shape: Shape
     /// VIRTIO_BLK_T_OUT (data device-readable) instead of VIRTIO_BLK_T_IN.
     public var write: Bool
@@ -20,13 +25,15 @@ public struct Scenario: Sendable {
     /// Log every request in an in-flight region (INFLIGHT_SHMFD), as it runs under QEMU, which always
     /// negotiates it with us.
     public var inflight: Bool
+    public var engine: Engine
 
-    public init(shape: Shape, write: Bool, eventIdx: Bool, batch: Int, inflight: Bool = false) {
+    public init(shape: Shape, write: Bool, eventIdx: Bool, batch: Int, inflight: Bool = false, engine: Engine = .null) {
         self.shape = shape
         self.write = write
         self.eventIdx = eventIdx
         self.batch = batch
         self.inflight = inflight
+        self.engine = engine
     }
 
     /// The variants, by name; shared by the benchmark and the callgrind driver so both measure the
@@ -39,84 +46,97 @@ public struct Scenario: Sendable {
         ("write-direct-b40", Scenario(shape: .direct, write: true, eventIdx: false, batch: 40)),
         ("read-direct-b1", Scenario(shape: .direct, write: false, eventIdx: false, batch: 1)),
         ("read-direct-eventidx-inflight-b40", Scenario(shape: .direct, write: false, eventIdx: true, batch: 40, inflight: true)),
+        // Reads only: a buffered write may be handed to a kernel worker thread instead of completing
+        // inside the system call (it depends on the filesystem), and a pass would then not see its
+        // batch done.
+        ("uring-read-direct-b40", Scenario(shape: .direct, write: false, eventIdx: false, batch: 40, engine: .uring)),
+        ("aio-read-direct-b40", Scenario(shape: .direct, write: false, eventIdx: false, batch: 40, engine: .aio)),
     ]
 }
 
-/// Guest memory, a split ring of 256 laid out in it, the driver side of that ring, and the device side
-/// under test (`BlkQueue<NullEngine>`), all built once outside the measurement.
-///
-/// The driver side is written here rather than borrowed from VhostUserTesting.DriverQueue: that one
-/// allocates a chain per request (arrays of segments, a free list), which is right for tests and would
-/// be counted against the device here. This one only rewrites avail-ring entries of pre-built chains.
-public final class HotPathFixture {
-    static let queueSize: UInt16 = 256
+/// Sizes and the guest-physical layout (one region at GPA 0), outside the generic fixture (a generic
+/// type cannot have static stored properties). Separate pages for the three ring areas as a driver
+/// would allocate them; headers, status bytes and data each in their own array.
+@usableFromInline enum Layout {
+    @usableFromInline static var queueSize: UInt16 { 256 }
     static let dataBytes = 4096
     static let sectorsPerRequest: UInt64 = 8 // 4 KiB
-    // Guest-physical layout (one region at GPA 0). Separate pages for the three ring areas as a
-    // driver would allocate them; headers, status bytes and data each in their own array.
     static let descGPA: UInt64 = 0x0000
-    static let availGPA: UInt64 = 0x1000
-    static let usedGPA: UInt64 = 0x2000
+    @usableFromInline static var availGPA: UInt64 { 0x1000 }
+    @usableFromInline static var usedGPA: UInt64 { 0x2000 }
     static let indirectGPA: UInt64 = 0x3000 // 48-byte tables, one per chain
     static let headerGPA: UInt64 = 0x7000 // 16 bytes per chain
     static let statusGPA: UInt64 = 0x8000 // 1 byte per chain
     static let dataGPA: UInt64 = 0x10000 // 4 KiB per chain
     static let memoryBytes = 2 << 20
+}
 
+/// Guest memory, a split ring of 256 laid out in it, the driver side of that ring, and the device side
+/// under test (`BlkQueue<E>`), all built once outside the measurement.
+///
+/// The driver side is written here rather than borrowed from VhostUserTesting.DriverQueue: that one
+/// allocates a chain per request (arrays of segments, a free list), which is right for tests and would
+/// be counted against the device here. This one only rewrites avail-ring entries of pre-built chains.
+///
+/// Generic over the engine, with `run` `@inlinable`: the caller, which names the engine, compiles
+/// `run` and the `@inlinable` `BlkQueue.poll` specialised for it, as the daemon does.
+public final class HotPathFixture<E: BlockEngine> {
     public let scenario: Scenario
     private let fd: FileDescriptor
     private let map: GuestMemoryMap
-    private let host: UnsafeMutableRawPointer // host address of GPA 0
-    public let queue: BlkQueue<NullEngine>
+    @usableFromInline let host: UnsafeMutableRawPointer // host address of GPA 0
+    public let queue: BlkQueue<E>
     /// The in-flight region the queue logs into when the scenario asks for it.
     private let inflightLog: MemoryMapping
 
     /// Heads of the pre-built chains, in the order the driver publishes them.
-    private let heads: UnsafeMutablePointer<UInt16>
+    @usableFromInline let heads: UnsafeMutablePointer<UInt16>
     public let chainCount: Int
     // Driver-side state; a class's fields are read into locals in `run` (the hot loop touches memory
     // only for the ring itself).
-    private var availIdx: UInt16 = 0
-    private var usedSeen: UInt16 = 0
-    private var cursor = 0
+    @usableFromInline var availIdx: UInt16 = 0
+    @usableFromInline var usedSeen: UInt16 = 0
+    @usableFromInline var cursor = 0
     /// Passes after which the device asked for an interrupt: kept so the notification check cannot be
     /// optimised away, and reported by the teardown.
-    public private(set) var notifications = 0
+    public var notifications: Int { notificationCount }
+    @usableFromInline var notificationCount = 0
 
-    public init(_ scenario: Scenario) throws {
-        precondition(scenario.batch >= 1 && scenario.batch <= Int(Self.queueSize))
+    /// `makeEngine(depth)` builds the queue's engine.
+    public init(_ scenario: Scenario, makeEngine: (Int) throws -> E) throws {
+        precondition(scenario.batch >= 1 && scenario.batch <= Int(Layout.queueSize))
         self.scenario = scenario
-        fd = try makeMemFD(name: "hotpath-guest", size: Self.memoryBytes)
-        let region = try GuestRegion(guestStart: 0, size: UInt64(Self.memoryBytes), frontendStart: 0x7f00_0000_0000,
+        fd = try makeMemFD(name: "hotpath-guest", size: Layout.memoryBytes)
+        let region = try GuestRegion(guestStart: 0, size: UInt64(Layout.memoryBytes), frontendStart: 0x7f00_0000_0000,
                                      mmapOffset: 0, fd: fd.rawValue)
         map = try GuestMemoryMap(regions: [region])
         host = region.host
 
         // A direct chain takes 3 of the 256 descriptors, so at most 85 fit; an indirect one takes 1.
         // Use a multiple of the batch so every batch is the same set of chains in steady state.
-        let fit = scenario.shape == .direct ? Int(Self.queueSize) / 3 : Int(Self.queueSize)
+        let fit = scenario.shape == .direct ? Int(Layout.queueSize) / 3 : Int(Layout.queueSize)
         chainCount = fit / scenario.batch * scenario.batch
         precondition(chainCount >= scenario.batch, "batch \(scenario.batch) does not fit in the table")
         heads = .allocate(capacity: chainCount)
 
-        let config = SplitQueueConfig(size: Self.queueSize, descriptorTable: GuestAddress(Self.descGPA),
-                                      availRing: GuestAddress(Self.availGPA), usedRing: GuestAddress(Self.usedGPA),
+        let config = SplitQueueConfig(size: Layout.queueSize, descriptorTable: GuestAddress(Layout.descGPA),
+                                      availRing: GuestAddress(Layout.availGPA), usedRing: GuestAddress(Layout.usedGPA),
                                       eventIdx: scenario.eventIdx)
         var ring = try SplitQueue(config: config, memory: map.view, nextAvail: 0, usedIdx: 0)
-        inflightLog = try MemoryMapping(anonymous: InflightLayout.queueRegionBytes(queueSize: Self.queueSize))
+        inflightLog = try MemoryMapping(anonymous: InflightLayout.queueRegionBytes(queueSize: Layout.queueSize))
         if scenario.inflight {
-            _ = try ring.attachInflight(InflightRegion(base: inflightLog.base, capacity: Self.queueSize))
+            _ = try ring.attachInflight(InflightRegion(base: inflightLog.base, capacity: Layout.queueSize))
         }
         let params = BlkQueueParams(capacitySectors: 1 << 21, blockSize: 512, readOnly: false, flush: true,
                                     discard: false, writeZeroes: false, writeZeroesMayUnmap: false, serial: "hotpath")
-        queue = BlkQueue(ring: ring, memory: map, engine: try NullEngine(depth: Int(Self.queueSize)), params: params)
+        queue = BlkQueue(ring: ring, memory: map, engine: try makeEngine(Int(Layout.queueSize)), params: params)
         // The chains go in once everything is initialised; the device reads nothing before the first poll.
         for i in 0..<chainCount { heads[i] = buildChain(i) }
     }
 
     deinit { heads.deallocate() }
 
-    private func gpaHost(_ gpa: UInt64) -> UnsafeMutableRawPointer { host + Int(gpa) }
+    @usableFromInline func gpaHost(_ gpa: UInt64) -> UnsafeMutableRawPointer { host + Int(gpa) }
 
     private func writeDescriptor(at p: UnsafeMutableRawPointer, address: UInt64, length: UInt32, flags: UInt16, next: UInt16) {
         p.storeBytes(of: address, as: UInt64.self)
@@ -128,12 +148,12 @@ public final class HotPathFixture {
     /// Builds chain i (header, 4 KiB data, status) and returns its head. virtio-blk's usual framing:
     /// three descriptors, data device-writable for a read and device-readable for a write.
     private func buildChain(_ i: Int) -> UInt16 {
-        let header = Self.headerGPA + 16 * UInt64(i)
-        let status = Self.statusGPA + UInt64(i)
-        let data = Self.dataGPA + UInt64(Self.dataBytes * i)
+        let header = Layout.headerGPA + 16 * UInt64(i)
+        let status = Layout.statusGPA + UInt64(i)
+        let data = Layout.dataGPA + UInt64(Layout.dataBytes * i)
         gpaHost(header).storeBytes(of: scenario.write ? BlkRequestType.out : BlkRequestType.in, as: UInt32.self)
         (gpaHost(header) + 4).storeBytes(of: 0, as: UInt32.self)
-        (gpaHost(header) + 8).storeBytes(of: UInt64(i) * Self.sectorsPerRequest, as: UInt64.self)
+        (gpaHost(header) + 8).storeBytes(of: UInt64(i) * Layout.sectorsPerRequest, as: UInt64.self)
         gpaHost(status).storeBytes(of: 0xff, as: UInt8.self)
 
         let next = Descriptor.flagNext, write = Descriptor.flagWrite
@@ -141,19 +161,19 @@ public final class HotPathFixture {
         switch scenario.shape {
         case .direct:
             let h = UInt16(3 * i)
-            let table = gpaHost(Self.descGPA)
+            let table = gpaHost(Layout.descGPA)
             writeDescriptor(at: table + 16 * Int(h), address: header, length: 16, flags: next, next: h + 1)
-            writeDescriptor(at: table + 16 * Int(h + 1), address: data, length: UInt32(Self.dataBytes), flags: dataFlags, next: h + 2)
+            writeDescriptor(at: table + 16 * Int(h + 1), address: data, length: UInt32(Layout.dataBytes), flags: dataFlags, next: h + 2)
             writeDescriptor(at: table + 16 * Int(h + 2), address: status, length: 1, flags: write, next: 0)
             return h
         case .indirect:
-            let tableGPA = Self.indirectGPA + 48 * UInt64(i)
+            let tableGPA = Layout.indirectGPA + 48 * UInt64(i)
             let table = gpaHost(tableGPA)
             writeDescriptor(at: table, address: header, length: 16, flags: next, next: 1)
-            writeDescriptor(at: table + 16, address: data, length: UInt32(Self.dataBytes), flags: dataFlags, next: 2)
+            writeDescriptor(at: table + 16, address: data, length: UInt32(Layout.dataBytes), flags: dataFlags, next: 2)
             writeDescriptor(at: table + 32, address: status, length: 1, flags: write, next: 0)
             let h = UInt16(i)
-            writeDescriptor(at: gpaHost(Self.descGPA) + 16 * Int(h), address: tableGPA, length: 48,
+            writeDescriptor(at: gpaHost(Layout.descGPA) + 16 * Int(h), address: tableGPA, length: 48,
                             flags: Descriptor.flagIndirect, next: 0)
             return h
         }
@@ -163,17 +183,17 @@ public final class HotPathFixture {
     /// per batch the driver writes `batch` avail entries and publishes avail->idx, the device pops,
     /// walks and parses every chain, enqueues, submits, reaps, writes status and used elements and
     /// publishes used->idx, and the driver checks used->idx moved by exactly the batch.
-    @inline(never)
+    @inlinable @inline(never)
     public func run(passes: Int) {
-        let mask = Self.queueSize &- 1
+        let mask = Layout.queueSize &- 1
         let batch = scenario.batch
         let eventIdx = scenario.eventIdx
-        let availRing = gpaHost(Self.availGPA) + 4
-        let usedEvent = gpaHost(Self.availGPA) + 4 + 2 * Int(Self.queueSize)
+        let availRing = gpaHost(Layout.availGPA) + 4
+        let usedEvent = gpaHost(Layout.availGPA) + 4 + 2 * Int(Layout.queueSize)
         // The indices are shared with the "device"; they go through atomics with the orders a real
         // driver uses (release to publish, acquire to consume), bound once here.
-        let availIdxAtomic = (gpaHost(Self.availGPA) + 2).assumingMemoryBound(to: Atomic<UInt16>.self)
-        let usedIdxAtomic = (gpaHost(Self.usedGPA) + 2).assumingMemoryBound(to: Atomic<UInt16>.self)
+        let availIdxAtomic = (gpaHost(Layout.availGPA) + 2).assumingMemoryBound(to: Atomic<UInt16>.self)
+        let usedIdxAtomic = (gpaHost(Layout.usedGPA) + 2).assumingMemoryBound(to: Atomic<UInt16>.self)
         var availIdx = self.availIdx, usedSeen = self.usedSeen, cursor = self.cursor
         var notifications = 0
         let queue = self.queue
@@ -206,7 +226,7 @@ public final class HotPathFixture {
         self.availIdx = availIdx
         self.usedSeen = usedSeen
         self.cursor = cursor
-        self.notifications += notifications
+        self.notificationCount += notifications
     }
 
     /// Outside the measurement: one batch, then every used element, length and status byte checked, so
@@ -215,18 +235,18 @@ public final class HotPathFixture {
         let firstUsed = usedSeen
         let firstChain = cursor
         for k in 0..<scenario.batch {
-            gpaHost(Self.statusGPA + UInt64((firstChain + k) % chainCount)).storeBytes(of: 0xff, as: UInt8.self)
+            gpaHost(Layout.statusGPA + UInt64((firstChain + k) % chainCount)).storeBytes(of: 0xff, as: UInt8.self)
         }
         run(passes: 1)
-        let usedRing = gpaHost(Self.usedGPA) + 4
+        let usedRing = gpaHost(Layout.usedGPA) + 4
         for k in 0..<scenario.batch {
             let chain = (firstChain + k) % chainCount
-            let slot = Int((firstUsed &+ UInt16(k)) & (Self.queueSize - 1))
+            let slot = Int((firstUsed &+ UInt16(k)) & (Layout.queueSize - 1))
             let id = (usedRing + 8 * slot).load(as: UInt32.self)
             let len = (usedRing + 8 * slot + 4).load(as: UInt32.self)
-            let status = gpaHost(Self.statusGPA + UInt64(chain)).load(as: UInt8.self)
+            let status = gpaHost(Layout.statusGPA + UInt64(chain)).load(as: UInt8.self)
             // Used length: bytes the device wrote, i.e. data + status for a read, the status for a write.
-            let wantLen = UInt32(scenario.write ? 1 : Self.dataBytes + 1)
+            let wantLen = UInt32(scenario.write ? 1 : Layout.dataBytes + 1)
             guard id == UInt32(heads[chain]), len == wantLen, status == BlkStatus.ok else {
                 throw VerifyError("used[\(slot)] = {id \(id), len \(len)} status \(status); want id \(heads[chain]), len \(wantLen), status 0")
             }
@@ -242,6 +262,42 @@ public final class HotPathFixture {
         if scenario.eventIdx && notifications == 0 { return "EVENT_IDX: the device never asked to notify" }
         return nil
     }
+}
+
+extension HotPathFixture where E == NullEngine {
+    public convenience init(null scenario: Scenario) throws {
+        try self.init(scenario) { try NullEngine(depth: $0) }
+    }
+}
+
+extension HotPathFixture where E == UringEngine {
+    public convenience init(uring scenario: Scenario) throws {
+        let store = try cachedStore(engine: .uring)
+        try self.init(scenario) { try UringEngine(store: store, depth: $0) }
+    }
+}
+
+extension HotPathFixture where E == AioEngine {
+    public convenience init(aio scenario: Scenario) throws {
+        let store = try cachedStore(engine: .aio)
+        try self.init(scenario) { try AioEngine(store: store, depth: $0) }
+    }
+}
+
+/// A 1 MiB file (more than the 85 chains × 4 KiB the reads touch) opened without O_DIRECT, written in
+/// full so that every page is in the page cache, and unlinked at once (the store's fd keeps it). Under
+/// /var/tmp: a disk filesystem, whose cached reads the kernel completes without blocking (tmpfs
+/// may not offer io_uring's non-blocking attempt and would hand every read to a worker thread).
+func cachedStore(engine: EngineKind) throws -> BackingStore {
+    let path = "/var/tmp/hotpath-\(getpid())-\(engine.rawValue).img"
+    let size = 1 << 20
+    unlink(path)
+    let store = try BackingStore.open(BackingOptions(path: path, createSize: UInt64(size), engine: engine, preferDirectIO: false))
+    unlink(path)
+    guard let fd = store.fileDescriptor else { throw VerifyError("no file behind the store") }
+    let fill = [UInt8](repeating: 0x5A, count: size)
+    guard fill.withUnsafeBytes({ pwrite(fd, $0.baseAddress, size, 0) }) == size else { throw VerifyError("cannot fill \(path)") }
+    return store
 }
 
 public struct VerifyError: Error, CustomStringConvertible {

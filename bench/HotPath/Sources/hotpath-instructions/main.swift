@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import BlockIO
 import HotPathFixture
 
 // Instruction counts per request, for callgrind (run.sh): the wall-clock numbers of the benchmark swing
@@ -14,8 +15,20 @@ import HotPathFixture
 
 /// The collection boundary for callgrind; never inlined so its symbol exists to toggle on.
 @inline(never)
-func measured(_ fixture: HotPathFixture, passes: Int) {
+func measured<E: BlockEngine>(_ fixture: HotPathFixture<E>, passes: Int) {
     fixture.run(passes: passes)
+}
+
+/// Verifies, warms up and measures one fixture; called with a concrete engine, so `run` is
+/// specialised for it.
+func measure<E: BlockEngine>(_ fixture: HotPathFixture<E>, passes: Int) throws {
+    try fixture.verifyOnePass()
+    fixture.run(passes: 1000) // warm-up: every chain, slot and cache line touched once
+    measured(fixture, passes: passes)
+    if let why = fixture.failure() {
+        fputs("hotpath-instructions: \(why)\n", stderr)
+        exit(1)
+    }
 }
 
 let args = CommandLine.arguments
@@ -26,13 +39,10 @@ guard args.count == 3, let passes = Int(args[2]), passes > 0,
     exit(2)
 }
 do {
-    let fixture = try HotPathFixture(variant.scenario)
-    try fixture.verifyOnePass()
-    fixture.run(passes: 1000) // warm-up: every chain, slot and cache line touched once
-    measured(fixture, passes: passes)
-    if let why = fixture.failure() {
-        fputs("hotpath-instructions: \(why)\n", stderr)
-        exit(1)
+    switch variant.scenario.engine {
+    case .null: try measure(HotPathFixture(null: variant.scenario), passes: passes)
+    case .uring: try measure(HotPathFixture(uring: variant.scenario), passes: passes)
+    case .aio: try measure(HotPathFixture(aio: variant.scenario), passes: passes)
     }
     print("\(variant.name): \(passes) passes × \(variant.scenario.batch) = \(passes * variant.scenario.batch) requests")
 } catch {
