@@ -4,7 +4,7 @@
 #
 # Usage:
 #   bench/compare.sh [--rounds 3] [--runtime 5] [--ramp 1] [--poll-us 50]
-#                    [--backend-cpu 1] [--generator-cpu 0] [--only null|file]
+#                    [--backend-cpu 1] [--generator-cpu 0] [--only null|file] [--no-uring]
 #
 #   --rounds N         rounds; each round runs every workload on both back-ends
 #   --runtime S        measured seconds per run (after --ramp seconds)
@@ -13,19 +13,22 @@
 #   --backend-cpu C    CPU both back-ends are pinned to (taskset; ours also --cpus C)
 #   --generator-cpu C  CPU of the generator's queue thread (and of host fio)
 #   --only null|file   run only one of the two stores
+#   --no-uring         file store: leave out the io_uring variants (ours-uring, qsd-uring)
 #
 # Stores: "null" (qsd: driver=null-co,read-zeroes=off; ours: --engine null),
 # both 1 GiB, no data touched; "file": one 1 GiB raw image under /var/tmp,
 # written in full once, opened with O_DIRECT and Linux AIO by both
-# (qsd: aio=native,cache.direct=on; ours: --backing). Workloads: null:
+# (qsd: aio=native,cache.direct=on; ours: --backing). The file store also
+# runs both with io_uring: ours-uring (--engine uring) and qsd-uring
+# (aio=io_uring,cache.direct=on). Workloads: null:
 # 4 KiB randread at depth 1, 32 and 128; file: 4 KiB randread and randwrite at
 # depth 32; one queue, completion by polling the used ring. Host fio on the
 # same image (libaio, O_DIRECT, same depth, pinned to the generator CPU) gives
 # the disk's own limit, and the generator against its in-process instant
 # device gives the generator's own limit.
 #
-# Every round runs each workload on both back-ends one after the other; which
-# one goes first alternates between rounds (A B, B A, ...). Each run starts the
+# Every round runs each workload on every back-end one after the other; the
+# order reverses between rounds (A B C D, D C B A, ...). Each run starts the
 # back-end fresh, waits until it listens, runs the generator with
 # --backend-pid (back-end CPU seconds per I/O from /proc/PID/stat over the
 # measured interval) and stops the back-end (it must exit 0 on SIGTERM).
@@ -35,7 +38,8 @@
 # bench/results/compare-<UTC date-time>.json. Progress goes to stderr.
 #
 # Environment:
-#   BENCH_TMPDIR  where the image and sockets go (default /var/tmp; not tmpfs)
+#   BENCH_TMPDIR        where the image and sockets go (default /var/tmp; not tmpfs)
+#   BENCH_SCRATCH_PATH  the daemon's build directory (default .build)
 set -euo pipefail
 
 VTEST_PROG=compare
@@ -48,9 +52,10 @@ source "$ROOT/bench/lib.sh"
 
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit "$1"; }
 
-ROUNDS=3 RUNTIME=5 RAMP=1 POLL_US=50 BCPU=1 GCPU=0 ONLY=''
+ROUNDS=3 RUNTIME=5 RAMP=1 POLL_US=50 BCPU=1 GCPU=0 ONLY='' URING=1
 while (($#)); do
     [[ $1 == -h || $1 == --help ]] && usage 0
+    if [[ $1 == --no-uring ]]; then URING=0; shift; continue; fi
     (($# >= 2)) || die "$1 needs a value (see --help)"
     case $1 in
         --rounds) ROUNDS=$2 ;;
@@ -116,7 +121,12 @@ DAEMON_SHA=${DAEMON_SHA:0:12}
 
 if [[ $ONLY != null ]]; then bench_image "$IMG" "$IMG_MIB"; fi
 
-# start_backend ours|qsd null|file LOG: starts it pinned (BPID), waits until it listens.
+# The back-ends each store is measured on.
+BACKENDS_null=(ours qsd)
+BACKENDS_file=(ours qsd)
+((URING)) && BACKENDS_file=(ours ours-uring qsd qsd-uring)
+
+# start_backend ours|ours-uring|qsd|qsd-uring null|file LOG: starts it pinned (BPID), waits until it listens.
 start_backend() {
     local which=$1 store=$2 blog=$3
     rm -f "$SOCK"
@@ -125,8 +135,10 @@ start_backend() {
             taskset -c "$BCPU" "$DAEMON" --socket "$SOCK" --engine null --size "${IMG_MIB}M" --queues 1 \
                 --cpus "$BCPU" --poll-us "$POLL_US" </dev/null >"$blog" 2>&1 &
             ;;
-        ours:file)
-            taskset -c "$BCPU" "$DAEMON" --socket "$SOCK" --backing "$IMG" --queues 1 \
+        ours:file | ours-uring:file)
+            local engine=aio
+            [[ $which == ours-uring ]] && engine=uring
+            taskset -c "$BCPU" "$DAEMON" --socket "$SOCK" --backing "$IMG" --engine "$engine" --queues 1 \
                 --cpus "$BCPU" --poll-us "$POLL_US" </dev/null >"$blog" 2>&1 &
             ;;
         qsd:null)
@@ -139,14 +151,21 @@ start_backend() {
         qsd:file)
             start_qsd "$SOCK" "$IMG" 1 "$blog"
             ;;
+        qsd-uring:file)
+            # start_qsd's blockdev with QEMU's io_uring back-end instead of Linux AIO.
+            qemu-storage-daemon \
+                --blockdev "driver=file,node-name=f0,filename=$IMG,aio=io_uring,cache.direct=on,discard=unmap" \
+                --export "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=$SOCK,writable=on,num-queues=1" \
+                </dev/null >"$blog" 2>&1 &
+            ;;
     esac
     BPID=$!
     local deadline=$((SECONDS + READY_TIMEOUT))
     while ((SECONDS < deadline)); do
         kill -0 "$BPID" 2>/dev/null || { BPID=; die "$which exited before listening: $(tail -n 3 "$blog")"; }
-        if socket_listening "$SOCK" && { [[ $which == qsd ]] || grep -q listening "$blog"; }; then
-            # start_qsd does not pin: move every qsd thread (-a) now that it has started them all.
-            [[ $which == qsd ]] && taskset -a -c -p "$BCPU" "$BPID" >/dev/null
+        if socket_listening "$SOCK" && { [[ $which == qsd* ]] || grep -q listening "$blog"; }; then
+            # qsd is not started pinned: move every qsd thread (-a) now that it has started them all.
+            [[ $which == qsd* ]] && taskset -a -c -p "$BCPU" "$BPID" >/dev/null
             return 0
         fi
         sleep "$POLL"
@@ -154,7 +173,7 @@ start_backend() {
     die "$which not listening after ${READY_TIMEOUT}s"
 }
 
-# run_one ours|qsd WORKLOAD ROUND: one run; appends a JSON line to $RUNS.
+# run_one BACKEND WORKLOAD ROUND: one run; appends a JSON line to $RUNS.
 run_one() {
     local which=$1 store rw depth round=$3 out rc=0
     IFS=: read -r store rw depth <<<"$2"
@@ -197,10 +216,14 @@ self_one() {
 }
 
 for ((round = 1; round <= ROUNDS; round++)); do
-    order=(ours qsd)
-    ((round % 2 == 0)) && order=(qsd ours)
     self_one "$round"
     for w in "${WORKLOADS[@]}"; do
+        if [[ $w == file:* ]]; then order=("${BACKENDS_file[@]}"); else order=("${BACKENDS_null[@]}"); fi
+        if ((round % 2 == 0)); then
+            reversed=()
+            for ((i = ${#order[@]} - 1; i >= 0; i--)); do reversed+=("${order[i]}"); done
+            order=("${reversed[@]}")
+        fi
         for b in "${order[@]}"; do run_one "$b" "$w" "$round"; done
         [[ $w == file:* ]] && fio_one "$w" "$round"
     done
@@ -243,6 +266,21 @@ jq -r '
      ($m.ours.cpu_us_per_io | f(3)), ($m.qsd.cpu_us_per_io | f(3)),
      ($m.fio.iops | f(0)), (if $m.fio then ($m.ours.iops / $m.fio.iops | f(3)) else null | f(0) end)]
     | "| " + join(" | ") + " |"' <<<"$MEDIANS"
+if ((URING)) && [[ $ONLY != null ]]; then
+    echo
+    echo "File store, Linux AIO against io_uring (ours: --engine aio|uring; qsd: aio=native|io_uring):"
+    echo
+    echo "| workload | back-end | IOPS | p50 µs | p99 µs | CPU µs/IO | vs host fio |"
+    echo "|---|---|---:|---:|---:|---:|---:|"
+    jq -r '
+        def f(d): if . == null then "–" else (. * pow(10; d) | round) / pow(10; d) | tostring end;
+        (map(select(.workload | startswith("file:"))) | group_by(.workload))[] |
+        (map({key: .backend, value: .}) | from_entries) as $m |
+        ("ours", "ours-uring", "qsd", "qsd-uring") as $b | select($m[$b]) |
+        [$m[$b].workload, $b, ($m[$b].iops | f(0)), ($m[$b].p50_us | f(2)), ($m[$b].p99_us | f(2)),
+         ($m[$b].cpu_us_per_io | f(3)), (if $m.fio then ($m[$b].iops / $m.fio.iops | f(3)) else null | f(0) end)]
+        | "| " + join(" | ") + " |"' <<<"$MEDIANS"
+fi
 echo
 echo "Generator against its in-process instant device (its own ceiling):"
 echo

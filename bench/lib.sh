@@ -11,7 +11,8 @@ bench_workdir() {
 
 # bench_daemon ROOT WORK: builds the release daemon (incrementally: measuring a stale binary would
 # be a silent error) and copies it to WORK/vhost-user-blk, so a rebuild of the checkout while the
-# benchmark runs cannot change what is measured. Sets DAEMON, DAEMON_SHA (full sha256),
+# benchmark runs cannot change what is measured. BENCH_SCRATCH_PATH picks the build directory
+# (default .build), for checkouts that keep their builds apart. Sets DAEMON, DAEMON_SHA (full sha256),
 # DAEMON_MTIME (build time), GIT_COMMIT (HEAD of the checkout) and GIT_DIRTY (uncommitted changes
 # under Sources/ or Package.swift).
 # shellcheck disable=SC2034 # the variables it sets are read by the scripts that source this file
@@ -19,12 +20,13 @@ bench_daemon() {
     local root=$1 work=$2
     if ! command -v swift >/dev/null && [[ -x /opt/swift/usr/bin/swift ]]; then PATH=/opt/swift/usr/bin:$PATH; fi
     command -v swift >/dev/null || die "swift not found: it builds the daemon under test"
-    log "building the release daemon"
-    (cd "$root" && swift build -c release --product vhost-user-blk >&2)
+    local scratch=${BENCH_SCRATCH_PATH:-.build}
+    log "building the release daemon (scratch path $scratch)"
+    (cd "$root" && swift build -c release --scratch-path "$scratch" --product vhost-user-blk >&2)
     DAEMON=$work/vhost-user-blk
-    cp "$root/.build/release/vhost-user-blk" "$DAEMON"
+    cp "$root/$scratch/release/vhost-user-blk" "$DAEMON"
     DAEMON_SHA=$(sha256sum "$DAEMON" | cut -d' ' -f1)
-    DAEMON_MTIME=$(date -u -r "$root/.build/release/vhost-user-blk" +%Y-%m-%dT%H:%M:%SZ)
+    DAEMON_MTIME=$(date -u -r "$root/$scratch/release/vhost-user-blk" +%Y-%m-%dT%H:%M:%SZ)
     GIT_COMMIT=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
     GIT_DIRTY=false
     if [[ -n $(git -C "$root" status --porcelain -- Sources Package.swift 2>/dev/null) ]]; then GIT_DIRTY=true; fi
