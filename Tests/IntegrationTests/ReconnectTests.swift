@@ -29,9 +29,10 @@ struct ReconnectTests {
         return (UInt64((q * writesPerQueue + k) * smallBytes), smallBytes)
     }
 
-    @Test("SIGKILL with writes in flight, several times; nothing lost, nothing completed twice", arguments: [1, 2])
-    func killWithWritesInFlight(queues: Int) throws {
-        var daemon = try TestDaemon.aio(queues: queues)
+    @Test("SIGKILL with writes in flight, several times; nothing lost, nothing completed twice",
+          arguments: [("aio", 1), ("aio", 2), ("uring", 2)])
+    func killWithWritesInFlight(engine: String, queues: Int) throws {
+        var daemon = try TestDaemon.file(engine: engine, queues: queues)
         let directory = daemon.directory // outlives each killed daemon's process object
         let args = daemon.process.arguments.filter { $0 != daemon.socketPath && $0 != "--socket" }
         let s = try daemon.session(queues: queues)
