@@ -18,10 +18,16 @@
 #                                          time to the measured phase
 #   VTEST-BENCH key=value...               the measurement (see test_bench)
 #
+# in reset mode
+#   VTEST-RESET-READY                      first boot, vtest.reset_by=host: fio
+#                                          writes are in flight, reset now
+# and in rounds mode
+#   VTEST-ROUND <r> writing                round r's fio writes are in flight
+#
 # then powers the VM off. run-guest.sh parses these lines.
 #
 # Parameters (all optional except where a mode needs them):
-#   vtest.mode=full|readback|bench  what to run (default full)
+#   vtest.mode=full|readback|bench|reset|rounds  what to run (default full)
 #   vtest.queues=N                expected number of blk-mq hardware queues
 #   vtest.capacity_sectors=N      expected size in 512-byte sectors
 #   vtest.serial=S                expected virtio-blk serial (GET_ID)
@@ -33,8 +39,32 @@
 #   vtest.bench_runtime=15        bench: measured seconds, after the ramp
 #   vtest.bench_ramp=2            bench: fio --ramp_time seconds (not measured)
 #   vtest.bench_jobs=1            bench: fio --numjobs
+#   vtest.reset_by=self|host      reset: who resets the VM during the first
+#                                 boot's fio: the guest itself (sysrq b, an
+#                                 immediate reboot) or the host (QMP
+#                                 system_reset, after VTEST-RESET-READY)
+#   vtest.boot_nonce=HEX          reset: tags the boot marker, so a marker left
+#                                 on the image by an earlier run is not taken
+#                                 for this run's first boot (required)
+#   vtest.rounds=3                rounds: fio write+verify rounds
 #
 # bench overwrites the whole disk when bench_rw writes.
+#
+# reset (two boots of one QEMU process; QEMU runs without -no-reboot): the
+# first boot finds no marker of this nonce, checks identity, writes the
+# persistence region and the marker (boot 1 + the region's hash), starts fio
+# random writes on every queue and, with writes in flight, the VM is reset.
+# The second boot finds the marker, bumps it to 2 (a third boot would report
+# a failure instead of looping), checks identity, that the persistence region
+# kept its data, the fio write+verify of `full`, and the kernel log.
+#
+# rounds: vtest.rounds fio runs of random writes with crc32c verify (each
+# writes then reads back the whole 96-160 MiB region, its own seed per round,
+# so a write lost in round r cannot hide behind round r-1's identical data),
+# with random reads of the 0-96 MiB region on the same queues alongside,
+# announced by "VTEST-ROUND r writing" once writes are in flight, so the host
+# can kill the back-end in the middle of each; then a separate verify-only
+# pass of the last round and the kernel log check.
 #
 # Disk layout used by `full` (MiB; needs a disk of at least 96 MiB):
 #   whole disk  ext4 test (first, since mkfs overwrites everything)
@@ -45,6 +75,8 @@
 #   32-64       fio verify region
 #   64-72       persistence region (vtest.persist_offset_mb)
 #   last 256 KiB, logical block 7: small/odd-placed raw writes
+# reset uses 32-64 (fio), 64-72 (persistence) and 72 MiB + 4 KiB (the boot
+# marker); rounds writes 96-160 and reads 0-96.
 #
 # No `set -e`: init must never die half-way (that panics the kernel and loses
 # the report); every command's status is checked explicitly instead.
@@ -116,6 +148,9 @@ P_bench_runtime=15
 # guest (page faults in fio's buffers, blk-mq tag allocation) to pass.
 P_bench_ramp=2
 P_bench_jobs=1
+P_reset_by=self
+P_boot_nonce=
+P_rounds=3
 # shellcheck disable=SC2013 # the command line is words, not lines
 for arg in $(cat /proc/cmdline); do
     case $arg in
@@ -131,6 +166,9 @@ for arg in $(cat /proc/cmdline); do
         vtest.bench_runtime=*) P_bench_runtime=${arg#*=} ;;
         vtest.bench_ramp=*) P_bench_ramp=${arg#*=} ;;
         vtest.bench_jobs=*) P_bench_jobs=${arg#*=} ;;
+        vtest.reset_by=*) P_reset_by=${arg#*=} ;;
+        vtest.boot_nonce=*) P_boot_nonce=${arg#*=} ;;
+        vtest.rounds=*) P_rounds=${arg#*=} ;;
     esac
 done
 info kernel "$(uname -r)"
@@ -530,6 +568,216 @@ test_bench() {
     result bench PASS "rw=$P_bench_rw $line"
 }
 
+# --- helpers for the reset and rounds modes ----------------------------------------
+# Runs fio with the given arguments in the background; /tmp/fio.rc appears
+# with its exit status when it ends (so its end can be polled for), its
+# output goes to /tmp/fio.out.
+fio_background() {
+    rm -f /tmp/fio.rc
+    ($FIO "$@" >/tmp/fio.out 2>&1; echo $? >/tmp/fio.rc) &
+}
+
+# wait_writes_flowing N: true once the disk has completed N more writes than
+# when called and still has writes in flight, i.e. the background fio is in
+# the middle of its writes; false if fio ends first, or after 30 s.
+wait_writes_flowing() {
+    _w0=$(stat_field 5)
+    _i=0
+    while [ ! -e /tmp/fio.rc ] && [ $_i -lt 300 ]; do
+        # /sys/block/vda/inflight: requests in flight, reads then writes.
+        read -r _r _w <$SYS/inflight
+        [ "$_w" -gt 0 ] && [ $(($(stat_field 5) - _w0)) -ge "$1" ] && return 0
+        usleep 100000
+        _i=$((_i + 1))
+    done
+    return 1
+}
+
+# The kernel's own report of trouble with the disk during this boot: failed
+# requests, a task stuck on a request that never completes, a used ring the
+# device got wrong (virtio_ring: "id N is not a head!", "id N out of range"),
+# warnings, oopses.
+check_kernel_log() {
+    bad=$(dmesg | grep -E 'I/O error|blocked for more than|WARNING:|BUG:|Oops|Call Trace|is not a head|out of range')
+    [ -z "$bad" ]
+    check kernel-log $? "$(echo "$bad" | grep -c .) suspicious lines"
+    [ -z "$bad" ] || echo "$bad" | head -n 20
+}
+
+# fio arguments shared by reset and rounds: 4 KiB random writes, iodepth 16,
+# one job per hardware queue, each pinned to its own CPU (as in test_fio) and
+# writing its own slice of REGION_MB MiB at OFFSET_MB.
+set_fio_writes() { # set_fio_writes OFFSET_MB REGION_MB: sets FIO_ARGS
+    _nj=${NQ:-1}
+    _per=$(($2 / _nj))
+    FIO_ARGS="--filename=$DEV --ioengine=libaio --direct=1 --rw=randwrite --bs=4k
+        --iodepth=16 --numjobs=$_nj --offset=$1M --size=${_per}M --offset_increment=${_per}M
+        --cpus_allowed=0-$(($(nproc) - 1)) --cpus_allowed_policy=split
+        --group_reporting --output-format=terse --terse-version=3"
+}
+
+# --- reset: a reboot or a system reset while fio writes ---------------------------
+MARKER_OFF=$((72 * MIB))
+# The marker is one text line in a 4 KiB block, padded with NULs.
+read_marker() {
+    dd if=$DEV bs=4096 iflag=direct,skip_bytes skip=$MARKER_OFF count=1 2>/dev/null |
+        tr -d '\000' | head -n 1
+}
+write_marker() { # write_marker TEXT: O_DIRECT, then fsync so it is durable
+    printf '%s\n' "$1" |
+        dd of=$DEV bs=4096 count=1 oflag=direct,seek_bytes seek=$MARKER_OFF conv=sync,fsync 2>/dev/null
+}
+
+reset_first_boot() {
+    test_identity
+    persist_region
+    head -c $PERSIST_LEN /dev/urandom >/tmp/persist
+    want=$(file_sha /tmp/persist)
+    disk_write /tmp/persist $PERSIST_OFF 1M fsync
+    rc=$?
+    drop_caches
+    [ $rc -eq 0 ] && [ "$(disk_sha $PERSIST_OFF $PERSIST_LEN)" = "$want" ]
+    check persist-write $? "offset=$PERSIST_OFF len=$PERSIST_LEN rc=$rc"
+    marker="vtest-boot $P_boot_nonce 1 $want"
+    write_marker "$marker"
+    rc=$?
+    [ $rc -eq 0 ] && [ "$(read_marker)" = "$marker" ]
+    check marker-write $? "boot 1, rc=$rc"
+    [ $FAILS -eq 0 ] || return
+
+    set_fio_writes 32 32
+    # time_based: fio outlasts the reset, whenever it comes; 30 s bounds the
+    # wait for a reset that never comes.
+    # shellcheck disable=SC2086 # FIO_ARGS is a list of words
+    fio_background --name=reset $FIO_ARGS --time_based --runtime=30
+    if ! wait_writes_flowing 1000; then
+        result reset-point FAIL "fio's writes never got going (fio rc=$(cat /tmp/fio.rc 2>/dev/null))"
+        tail -n 20 /tmp/fio.out
+        return
+    fi
+    read -r _r _w <$SYS/inflight
+    case $P_reset_by in
+        self)
+            # sysrq b: an immediate reboot, no sync and no device shutdown,
+            # as a watchdog or a panic would do it.
+            info reset "sysrq-b with $_w writes in flight"
+            echo b >/proc/sysrq-trigger
+            ;;
+        host)
+            info reset "asking the host for a reset with $_w writes in flight"
+            echo "VTEST-RESET-READY"
+            wait
+            ;;
+    esac
+    result reset FAIL "no reset came while fio ran (fio rc=$(cat /tmp/fio.rc 2>/dev/null))"
+}
+
+reset_second_boot() { # reset_second_boot PERSIST_SHA (recorded by the first boot)
+    write_marker "vtest-boot $P_boot_nonce 2 $1"
+    check marker-update $? "boot 2"
+    test_identity
+    persist_region
+    got=$(disk_sha $PERSIST_OFF $PERSIST_LEN)
+    [ "$got" = "$1" ]
+    check persist-after-reset $? "got=$got expected=$1"
+    run_timed test_fio
+    check_kernel_log
+}
+
+test_reset() {
+    case $P_reset_by in
+        self | host) ;;
+        *)
+            result reset FAIL "vtest.reset_by must be self or host"
+            return
+            ;;
+    esac
+    case $P_boot_nonce in
+        '' | *[!0-9a-f]*)
+            result reset FAIL "vtest.boot_nonce must be hex digits"
+            return
+            ;;
+    esac
+    # shellcheck disable=SC2046 # the marker's words
+    set -- $(read_marker)
+    boot=1
+    [ "$1" = vtest-boot ] && [ "$2" = "$P_boot_nonce" ] && boot=$(($3 + 1))
+    info boot "$boot"
+    case $boot in
+        1) reset_first_boot ;;
+        2) reset_second_boot "$4" ;;
+        *) result boot-count FAIL "boot $boot of one run: the VM keeps resetting" ;;
+    esac
+}
+
+# --- rounds: fio write+verify rounds while the host kills the back-end --------------
+test_rounds() {
+    case $P_rounds in
+        '' | *[!0-9]*)
+            result rounds FAIL "vtest.rounds must be an integer"
+            return
+            ;;
+    esac
+    test_identity
+    set_fio_writes 96 64
+    ncpu=$(nproc)
+    r=1
+    while [ $r -le "$P_rounds" ]; do
+        t0=$(now)
+        # Random reads of 4-128 KiB on the same queues (0-96 MiB, not
+        # verified), alongside the writes: requests of different kinds and
+        # sizes complete out of order, and only then does a back-end restart
+        # need to know exactly which requests were in flight. Were they all
+        # to complete in order, QEMU's fallback for a back-end without
+        # INFLIGHT_SHMFD (resume at the used index) would happen to be exact.
+        $FIO --name=reads --filename=$DEV --ioengine=libaio --direct=1 --rw=randread \
+            --bsrange=4k-128k --iodepth=16 --numjobs="${NQ:-1}" --offset=0 --size=96M \
+            --time_based --runtime=600 --cpus_allowed=0-$((ncpu - 1)) --cpus_allowed_policy=split \
+            --group_reporting --output-format=terse --terse-version=3 >/tmp/reads.out 2>&1 &
+        rpid=$!
+        # Each round its own seed: other data at other offsets than the round
+        # before, so a lost write reads back as stale and fails the verify.
+        # shellcheck disable=SC2086 # FIO_ARGS is a list of words
+        fio_background --name=round --randseed=$r $FIO_ARGS --verify=crc32c --verify_fatal=1
+        # Announced either way, so the host never waits for a round that
+        # will not be announced; "late" tells it the writes were over.
+        if wait_writes_flowing 500; then
+            echo "VTEST-ROUND $r writing"
+        else
+            echo "VTEST-ROUND $r late"
+        fi
+        while [ ! -e /tmp/fio.rc ]; do usleep 100000; done
+        kill -INT $rpid
+        wait
+        rc=$(cat /tmp/fio.rc)
+        # terse v3: field 5 = error, 8 = read IOPS (the verify), 49 = write IOPS.
+        stats=$(awk -F';' '/^3;/ { print "write_iops=" $49 " verify_read_iops=" $8 }' /tmp/fio.out)
+        check fio-round-$r "$rc" "seed=$r $stats $(elapsed "$t0")"
+        [ "$rc" -eq 0 ] || tail -n 20 /tmp/fio.out
+        # Stopped by SIGINT, fio exits with 128, so its own error field says
+        # whether a read failed.
+        rstats=$(awk -F';' '/^3;/ { print "error=" $5 " read_iops=" $8 }' /tmp/reads.out)
+        case $rstats in
+            error=0\ *) rrc=0 ;;
+            *) rrc=1 ;;
+        esac
+        check fio-reads-round-$r $rrc "$rstats"
+        [ $rrc -eq 0 ] || tail -n 20 /tmp/reads.out
+        if [ "$rc" -ne 0 ] || [ $rrc -ne 0 ]; then break; fi
+        r=$((r + 1))
+    done
+    if [ $r -gt "$P_rounds" ]; then
+        drop_caches
+        t0=$(now)
+        # shellcheck disable=SC2086 # FIO_ARGS is a list of words
+        out=$($FIO --name=round --randseed="$P_rounds" $FIO_ARGS --verify=crc32c --verify_fatal=1 --verify_only 2>&1)
+        rc=$?
+        check fio-verify-after-rounds $rc "seed=$P_rounds $(echo "$out" | awk -F';' '/^3;/ { print "read_iops=" $8 }') $(elapsed "$t0")"
+        [ $rc -eq 0 ] || echo "$out" | tail -n 20
+    fi
+    check_kernel_log
+}
+
 run_timed() { # run_timed FUNCTION: runs it and reports its duration
     _t=$(now)
     "$1"
@@ -549,6 +797,7 @@ case $P_mode in
             run_timed test_flush
             run_timed test_fio
             run_timed test_persist_write
+            check_kernel_log
         fi
         ;;
     readback)
@@ -557,6 +806,17 @@ case $P_mode in
         ;;
     bench)
         test_bench
+        ;;
+    reset)
+        # The regions above end at 72 MiB + 4 KiB.
+        [ "$DISK_BYTES" -ge $((73 * MIB)) ]
+        check disk-size-usable $? "$DISK_BYTES bytes (>= 73 MiB needed)"
+        [ "$DISK_BYTES" -ge $((73 * MIB)) ] && test_reset
+        ;;
+    rounds)
+        [ "$DISK_BYTES" -ge $((160 * MIB)) ]
+        check disk-size-usable $? "$DISK_BYTES bytes (>= 160 MiB needed)"
+        [ "$DISK_BYTES" -ge $((160 * MIB)) ] && test_rounds
         ;;
     *)
         result mode FAIL "unknown vtest.mode=$P_mode"
