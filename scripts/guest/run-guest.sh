@@ -7,7 +7,8 @@
 #                [--memory memfd|hugepages] [--mem-size 512M] [--smp 2]
 #                [--timeout 300] [--log FILE] [--artifacts DIR]
 #                [--accel tcg|kvm] [--device-opts OPTS] [--reconnect SECS]
-#                [--guest-param KEY=VALUE]...
+#                [--guest-param KEY=VALUE]... [--boots N] [--qmp SOCK]
+#                [--qemu-log FILE]
 #
 # --guest-param KEY=VALUE: passes vtest.KEY=VALUE to the guest's /init, e.g.
 # --guest-param bench_rw=randwrite (see scripts/guest/init.sh for the keys).
@@ -16,12 +17,24 @@
 # --reconnect SECS: QEMU retries the socket every SECS seconds when the backend
 # goes away, so the backend can be restarted under the running guest.
 #
+# --boots N: the guest is expected to boot N times in this one QEMU process
+# (mode reset: a reboot or system reset, then a second boot). With N > 1 QEMU
+# runs without -no-reboot, so a reset boots again instead of ending QEMU; the
+# guest's last boot ends it by powering off. Default 1.
+#
+# --qmp SOCK: a QMP monitor on the Unix socket SOCK (QEMU listens, removes it
+# when it exits), e.g. for scripts/guest/qmp.py SOCK system_reset.
+#
+# --qemu-log FILE: keep QEMU's stderr in FILE (else it is shown only on failure).
+#
 # The backend must already listen on SOCK: QEMU 7.2 connects once, at start-up.
 # The guest (scripts/guest/init.sh) runs the tests and powers off; this script
 # prints its VTEST-RESULT (and VTEST-BENCH) lines and, on stdout,
 #   persist_sha256=<hex>
 #   run-guest: PASS|FAIL <summary>
-# Exit status: 0 only if every check passed and the guest reached VTEST-END.
+# Exit status: 0 only if every check passed, the guest booted --boots times and
+# reached VTEST-END once, after its last boot, and the kernel printed no disk
+# error, hung task or oops on the console.
 #
 # Default accelerator is TCG: on this project's CI machines /dev/kvm is a
 # nested PVM hypervisor that hangs stock kernels. Pass --accel kvm on real KVM
@@ -36,6 +49,7 @@ ROOT=$(repo_root)
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit "$1"; }
 
 SOCK='' QUEUES='' MODE=full CAPACITY='' SERIAL='' EXPECT_SHA=''
+BOOTS=1 QMP='' QEMU_LOG=''
 MEMORY=memfd
 MEM_SIZE=512M   # guest RAM: ~90 MiB unpacked initramfs + test files in tmpfs, with room to spare
 SMP=2           # two vCPUs so that two queues are both driven (one per CPU)
@@ -64,6 +78,9 @@ while (($#)); do
         --device-opts) DEVICE_OPTS=$2 ;;
         --hugepage-path) HUGEPAGE_PATH=$2 ;;
         --reconnect) RECONNECT=$2 ;;
+        --boots) BOOTS=$2 ;;
+        --qmp) QMP=$2 ;;
+        --qemu-log) QEMU_LOG=$2 ;;
         --guest-param)
             # Lower-case keys only, like init.sh's; the kernel command line
             # splits on spaces, so values must not contain any.
@@ -77,7 +94,8 @@ done
 
 [[ -n $SOCK ]] || die "--socket is required"
 [[ $QUEUES =~ ^[1-9][0-9]*$ ]] || die "--queues must be a positive integer"
-[[ $MODE == full || $MODE == readback || $MODE == bench ]] || die "--mode must be full, readback or bench"
+[[ $MODE =~ ^(full|readback|bench|reset|rounds)$ ]] || die "--mode must be full, readback, bench, reset or rounds"
+[[ $BOOTS =~ ^[1-9][0-9]*$ ]] || die "--boots must be a positive integer"
 [[ $SMP =~ ^[1-9][0-9]*$ ]] || die "--smp must be a positive integer"
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "--timeout must be seconds"
 [[ -z $CAPACITY || $CAPACITY =~ ^[0-9]+$ ]] || die "--capacity-sectors must be a number"
@@ -151,7 +169,7 @@ if [[ -z $LOG ]]; then
 else
     : >"$LOG"
 fi
-QEMU_ERR=$TMP/qemu.stderr
+QEMU_ERR=${QEMU_LOG:-$TMP/qemu.stderr}
 QPID=
 
 cleanup() {
@@ -164,9 +182,17 @@ cleanup() {
     rm -rf "$TMP"
     exit "$rc"
 }
+# A TERM while the guest runs (a caller that gave up on it) stops QEMU, and
+# what the guest did until then is still parsed and reported.
+STOPPED=0
+on_term() {
+    [[ -n $QPID ]] || exit 143
+    STOPPED=1
+    kill -TERM "$QPID" 2>/dev/null || true
+}
 trap cleanup EXIT
 trap 'exit 130' INT
-trap 'exit 143' TERM
+trap on_term TERM
 
 DEVICE="vhost-user-blk-pci,chardev=c0,num-queues=$QUEUES${DEVICE_OPTS:+,$DEVICE_OPTS}"
 QEMU_ARGS=(
@@ -178,10 +204,13 @@ QEMU_ARGS=(
     -device "$DEVICE"
     -kernel "$VMLINUX" -initrd "$INITRD" -append "$APPEND"
     -chardev "file,id=s0,path=$LOG" -serial chardev:s0
-    -display none -monitor none -no-reboot
+    -display none -monitor none
 )
+# One boot: a reboot (or a kernel panic, panic=-1) ends QEMU instead.
+((BOOTS == 1)) && QEMU_ARGS+=(-no-reboot)
+[[ -n $QMP ]] && QEMU_ARGS+=(-qmp "unix:$QMP,server=on,wait=off")
 
-log "booting: mode=$MODE queues=$QUEUES memory=$MEMORY/$MEM_SIZE accel=$ACCEL timeout=${TIMEOUT}s"
+log "booting: mode=$MODE queues=$QUEUES memory=$MEMORY/$MEM_SIZE accel=$ACCEL boots=$BOOTS timeout=${TIMEOUT}s"
 START=$SECONDS
 # In the background so that a TERM/INT to this script runs the trap at once
 # (bash defers traps while a foreground child runs). --kill-after: QEMU gets
@@ -190,6 +219,11 @@ timeout --kill-after=10 "$TIMEOUT" qemu-system-x86_64 "${QEMU_ARGS[@]}" </dev/nu
 QPID=$!
 qrc=0
 wait "$QPID" || qrc=$?
+# The TERM trap interrupts the wait; QEMU is on its way down.
+while ((STOPPED)) && kill -0 "$QPID" 2>/dev/null; do
+    qrc=0
+    wait "$QPID" 2>/dev/null || qrc=$?
+done
 QPID=
 DUR=$((SECONDS - START))
 
@@ -198,10 +232,24 @@ CLEAN=$TMP/clean.log
 tr -d '\r' <"$LOG" >"$CLEAN"
 
 problems=()
+((STOPPED)) && problems+=("stopped by the caller (SIGTERM) after ${DUR}s")
 ((qrc == 124 || qrc == 137)) && problems+=("timeout after ${TIMEOUT}s")
 ((qrc != 0 && qrc != 124 && qrc != 137)) && problems+=("qemu exited with $qrc")
-grep -q '^VTEST-BEGIN' "$CLEAN" || problems+=("guest /init never started")
-grep -q '^VTEST-END' "$CLEAN" || problems+=("no VTEST-END")
+nbegin=$(grep -ac '^VTEST-BEGIN' "$CLEAN" || true)
+nend=$(grep -ac '^VTEST-END' "$CLEAN" || true)
+((nbegin == 0)) && problems+=("guest /init never started")
+((nbegin > 0 && nbegin != BOOTS)) && problems+=("$nbegin boots, expected $BOOTS")
+((nend == 0)) && problems+=("no VTEST-END")
+((nend > 1)) && problems+=("$nend VTEST-END lines, expected 1")
+# The one VTEST-END must come from the last boot.
+if ((nend == 1)) && [[ $(grep -a '^VTEST-\(BEGIN\|END\)' "$CLEAN" | tail -n 1) != VTEST-END* ]]; then
+    problems+=("VTEST-END before the last boot")
+fi
+# With loglevel=4 the console shows the kernel's errors: failed disk
+# requests, a task stuck on a request that never completes, an oops, a used
+# ring the device got wrong (virtio_ring's "is not a head", "out of range").
+kerr=$(grep -ac 'I/O error\|blocked for more than\|Call Trace\|BUG:\|Oops\|is not a head\|out of range' "$CLEAN" || true)
+((kerr > 0)) && problems+=("$kerr kernel error lines on the console")
 
 # grep -a: a kernel message could put odd bytes into the log.
 grep -a '^VTEST-\(RESULT\|INFO\|BENCH\) ' "$CLEAN" || true
@@ -222,4 +270,4 @@ if ((${#problems[@]})); then
     echo "run-guest: FAIL mode=$MODE queues=$QUEUES ${DUR}s: ${summary%; }"
     exit 1
 fi
-echo "run-guest: PASS mode=$MODE queues=$QUEUES $npass checks ${DUR}s"
+echo "run-guest: PASS mode=$MODE queues=$QUEUES$( ((BOOTS > 1)) && echo " boots=$BOOTS") $npass checks ${DUR}s"
