@@ -18,6 +18,14 @@
 #   - QEMU SIGKILLed while fio writes on every queue: the backend must survive,
 #     and a new guest on the same backend process passes `full` (E2E_QEMU_KILL=0
 #     skips it)
+#   - guest reboot and VM reset while fio writes on every queue, two guests on
+#     one backend process (E2E_RESET=0 skips it): the first guest reboots itself
+#     (sysrq b) with writes in flight, the second is reset by the host (QMP
+#     system_reset); each then boots a second time in the same QEMU process and
+#     must pass identity, persistence (data written before the reset), fio
+#     write+verify on every queue and a clean kernel log. After each guest the
+#     backend must still be alive and listening, with no warning or error in
+#     its log
 #   - `full` mode with guest RAM on 2 MiB hugepages (unless MEMORY=hugepages
 #     already put every run there, or E2E_HUGEPAGES=0).
 # Ends with "e2e: N passed, M failed"; exit status is non-zero on any failure.
@@ -29,10 +37,14 @@
 #   MEMORY       guest RAM backing: memfd or hugepages (default memfd); with
 #                hugepages, 2 MiB pages are reserved for the run and released
 #                afterwards (qemu-configs/setup-hugepages.sh)
+#   E2E_BASIC    1 (default): steps 1-6 for each queue count; 0: skip them
+#                (to iterate on the steps that follow)
 #   E2E_HUGEPAGES  1 (default): the extra hugepage run; 0: skip it
 #   E2E_RECONNECT  1 (default): the restart-under-a-running-guest run; 0: skip
 #   E2E_QEMU_KILL  1 (default): QEMU SIGKILLed during fio, then a new guest on
 #                the same backend process; 0: skip
+#   E2E_RESET    1 (default): guest reboot and QMP system_reset during fio; 0: skip
+#   DAEMON_ARGS  extra arguments for our daemon, e.g. "--log-level debug"
 #   EXPECT_SERIAL  serial the guest must see; default "vhost_user_blk" for qsd
 #                (its fixed serial), "vub-e2e-serial" for ours, which gets it
 #                as --serial. Empty: not checked (and not passed).
@@ -56,6 +68,7 @@ PASSED=0 FAILED=0 T_START=$SECONDS
 WORK=''       # temp dir: image, socket, logs
 BPID=''       # running backend
 CPID=''       # running run-guest.sh
+BLOG=''       # the running backend's log
 HUGE_SETUP=0  # 1 while hugepages reserved by us
 record() { # record NAME STATUS [DETAIL]
     if [[ $2 == 0 ]]; then
@@ -120,8 +133,8 @@ esac
 [[ $MEMORY == memfd || $MEMORY == hugepages ]] || die "MEMORY must be memfd or hugepages"
 
 # ss (iproute2) observes readiness; qemu-system-x86 brings qemu-system-common,
-# which has qemu-storage-daemon.
-ensure_packages iproute2 coreutils qemu-system-x86
+# which has qemu-storage-daemon; python3 runs scripts/guest/qmp.py.
+ensure_packages iproute2 coreutils qemu-system-x86 python3
 if [[ $BACKEND == qsd ]]; then
     command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not found"
 else
@@ -136,10 +149,12 @@ SOCK=$WORK/vhost.sock
 export HUGEPAGES_STATE=$WORK/hugepages.state
 IMG=$WORK/disk.img
 
-# start_backend TAG: starts it in the background (BPID), waits until ready.
+# start_backend TAG QUEUES: starts it in the background (BPID, its log in
+# BLOG), waits until ready.
 start_backend() {
     local tag=$1 q=$2
     local blog=$WORK/backend-$tag.log
+    BLOG=$blog
     rm -f "$SOCK"
     case $BACKEND in
         qsd)
@@ -148,6 +163,8 @@ start_backend() {
         ours)
             local extra=()
             [[ -n $EXPECT_SERIAL ]] && extra+=(--serial "$EXPECT_SERIAL")
+            # shellcheck disable=SC2206 # split into words on purpose
+            extra+=(${DAEMON_ARGS:-})
             "$DAEMON" --socket "$SOCK" --backing "$IMG" --queues "$q" "${extra[@]}" \
                 </dev/null >"$blog" 2>&1 &
             ;;
@@ -200,7 +217,8 @@ guest_start() {
     shift
     "$ROOT/scripts/guest/run-guest.sh" --socket "$SOCK" --memory "$MEMORY" \
         --timeout "$GUEST_TIMEOUT" --capacity-sectors "$CAPACITY_SECTORS" \
-        ${EXPECT_SERIAL:+--serial "$EXPECT_SERIAL"} --log "$WORK/serial-$tag.log" "$@" \
+        ${EXPECT_SERIAL:+--serial "$EXPECT_SERIAL"} --log "$WORK/serial-$tag.log" \
+        --qemu-log "$WORK/qemu-$tag.log" "$@" \
         >"$WORK/guest-$tag.out" &
     CPID=$!
 }
@@ -232,6 +250,31 @@ guest_wait_for() {
     return 1
 }
 
+# alarming_lines LOG...: backend log lines worth a failure: for ours anything
+# at warning level or above (swift-log puts the level second), for qsd any
+# line at all (it prints nothing while all is well).
+alarming_lines() {
+    case $BACKEND in
+        ours) grep -ahE '^[^ ]+ (warning|error|critical) ' "$@" || true ;;
+        qsd) grep -ah . "$@" || true ;;
+    esac
+}
+
+# backend_serving TAG LOG...: the running backend is alive and listening, ready
+# for the next front-end, and LOG (default: its own) has nothing alarming.
+backend_serving() {
+    local tag=$1 st=0 bad
+    shift
+    { [[ -n $BPID ]] && kill -0 "$BPID" 2>/dev/null && socket_listening "$SOCK"; } || st=1
+    record "$tag: backend alive and listening" "$st" "pid ${BPID:-none}"
+    (($#)) || set -- "$BLOG"
+    bad=$(alarming_lines "$@")
+    st=0
+    [[ -z $bad ]] || st=1
+    record "$tag: backend log clean" "$st" \
+        "$(if ((st)); then echo "$(wc -l <<<"$bad") lines, first: $(head -n 1 <<<"$bad")"; else echo "$# log(s)"; fi)"
+}
+
 log "backend=$BACKEND queues=[$QUEUES_LIST] memory=$MEMORY workdir=$WORK"
 
 # Build (or reuse) the guest kernel and initramfs up front, so a broken build
@@ -247,6 +290,7 @@ fi
 truncate -s "${IMG_MIB}M" "$IMG"
 
 for q in $QUEUES_LIST; do
+    [[ ${E2E_BASIC:-1} == 1 ]] || break
     sha=
     if start_backend "q$q-full" "$q"; then
         if run_guest "q$q-full" --queues "$q" --mode full; then
@@ -318,6 +362,43 @@ if [[ ${E2E_QEMU_KILL:-1} == 1 ]]; then
             guest_finish "$tag" || true
         fi
         if [[ -n $BPID ]]; then stop_backend "$tag"; fi
+    fi
+fi
+
+# Guest reboot and VM reset with writes in flight: QEMU stops the device
+# (GET_VRING_BASE on every queue while requests are in flight), the guest's
+# second boot in the same QEMU process sets it up again from scratch, on the
+# same backend session. Two kinds: the guest reboots itself (sysrq b, no
+# device shutdown) and the host resets the VM (QMP system_reset), which the
+# guest never sees coming. Both guests use one backend process, so the first
+# also shows that the backend serves the next front-end afterwards.
+if [[ ${E2E_RESET:-1} == 1 ]]; then
+    q=${QUEUES_LIST##* }
+    tag=q$q-reset
+    if start_backend "$tag" "$q"; then
+        for by in self host; do
+            t=$tag-$by
+            qmp=$WORK/qmp-$t.sock
+            # Tells this run's boot marker from one an earlier run left on the image.
+            nonce=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+            guest_start "$t" --queues "$q" --mode reset --boots 2 --qmp "$qmp" \
+                --guest-param reset_by="$by" --guest-param boot_nonce="$nonce"
+            if [[ $by == host ]]; then
+                # The guest announces the moment: fio's writes are in flight.
+                if guest_wait_for "$t" '^VTEST-RESET-READY'; then
+                    st=0
+                    out=$(/usr/bin/python3 "$ROOT/scripts/guest/qmp.py" "$qmp" system_reset 2>&1) || st=$?
+                    record "$t: QMP system_reset during fio" "$st" "$out"
+                    # Otherwise the guest would wait for fio's 30 s first.
+                    ((st == 0)) || kill -TERM "$CPID" 2>/dev/null || true
+                else
+                    record "$t: guest reached fio" 1
+                fi
+            fi
+            guest_finish "$t" || true
+            backend_serving "$t"
+        done
+        stop_backend "$tag"
     fi
 fi
 
