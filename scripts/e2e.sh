@@ -26,6 +26,14 @@
 #     write+verify on every queue and a clean kernel log. After each guest the
 #     backend must still be alive and listening, with no warning or error in
 #     its log
+#   - backend SIGKILLed under a running guest (QEMU reconnect=1), E2E_KILL_COUNT
+#     times: the guest runs one fio write+verify round per kill over the same
+#     64 MiB on every queue (with random reads alongside, so requests complete
+#     out of order), each kill lands while the round's writes are in flight and
+#     the backend is restarted on the same socket and image; every round, a
+#     final verify-only pass and the guest's kernel log must be clean.
+#     Needs INFLIGHT_SHMFD, which qemu-storage-daemon 7.2 lacks, so with
+#     BACKEND=qsd it is skipped (E2E_KILL=0 skips it)
 #   - `full` mode with guest RAM on 2 MiB hugepages (unless MEMORY=hugepages
 #     already put every run there, or E2E_HUGEPAGES=0).
 # Ends with "e2e: N passed, M failed"; exit status is non-zero on any failure.
@@ -44,6 +52,11 @@
 #   E2E_QEMU_KILL  1 (default): QEMU SIGKILLed during fio, then a new guest on
 #                the same backend process; 0: skip
 #   E2E_RESET    1 (default): guest reboot and QMP system_reset during fio; 0: skip
+#   E2E_KILL     1 (default): backend SIGKILLed under a running guest; 0: skip
+#   E2E_KILL_COUNT  how many times (default 3)
+#   KILL_ROUND_TIMEOUT  seconds the guest may take, after a kill and restart,
+#                to reach its next round (or its end) (default 90; a round
+#                takes ~5 s)
 #   DAEMON_ARGS  extra arguments for our daemon, e.g. "--log-level debug"
 #   EXPECT_SERIAL  serial the guest must see; default "vhost_user_blk" for qsd
 #                (its fixed serial), "vub-e2e-serial" for ours, which gets it
@@ -122,6 +135,8 @@ IMG_MIB=256                         # small: TCG guests are slow, and the tests 
 CAPACITY_SECTORS=$((IMG_MIB * 2048)) # 2048 512-byte sectors per MiB
 READY_TIMEOUT=${READY_TIMEOUT:-30} # s; a backend needs well under a second to listen
 STOP_TIMEOUT=${STOP_TIMEOUT:-30}   # s; SIGTERM should end a backend in well under a second
+KILL_COUNT=${E2E_KILL_COUNT:-3}
+KILL_ROUND_TIMEOUT=${KILL_ROUND_TIMEOUT:-90} # s; a round takes ~5 s, a restart ~1 s
 HUGEPAGES=256                       # 2 MiB pages = run-guest.sh's default 512 MiB of guest RAM
 NR_2M=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
 
@@ -131,6 +146,8 @@ case $BACKEND in
     *) die "BACKEND must be qsd or ours" ;;
 esac
 [[ $MEMORY == memfd || $MEMORY == hugepages ]] || die "MEMORY must be memfd or hugepages"
+[[ $KILL_COUNT =~ ^[1-9][0-9]*$ ]] || die "E2E_KILL_COUNT must be a positive integer"
+[[ $KILL_ROUND_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "KILL_ROUND_TIMEOUT must be seconds"
 
 # ss (iproute2) observes readiness; qemu-system-x86 brings qemu-system-common,
 # which has qemu-storage-daemon; python3 runs scripts/guest/qmp.py.
@@ -149,13 +166,14 @@ SOCK=$WORK/vhost.sock
 export HUGEPAGES_STATE=$WORK/hugepages.state
 IMG=$WORK/disk.img
 
-# start_backend TAG QUEUES: starts it in the background (BPID, its log in
-# BLOG), waits until ready.
+# start_backend TAG QUEUES [keep-socket]: starts it in the background (BPID,
+# its log in BLOG), waits until ready. keep-socket: leave a stale socket file
+# for the backend to deal with, as after a crash.
 start_backend() {
     local tag=$1 q=$2
     local blog=$WORK/backend-$tag.log
     BLOG=$blog
-    rm -f "$SOCK"
+    [[ ${3:-} == keep-socket ]] || rm -f "$SOCK"
     case $BACKEND in
         qsd)
             start_qsd "$SOCK" "$IMG" "$q" "$blog"
@@ -238,12 +256,12 @@ run_guest() { # run_guest TAG ARGS...
     guest_finish "$1"
 }
 
-# guest_wait_for TAG REGEX: true once the guest's serial log has a line
-# matching REGEX; false if the guest ends first (run-guest.sh enforces the
-# time limit, so this wait is bounded too).
+# guest_wait_for TAG REGEX [TIMEOUT]: true once the guest's serial log has a
+# line matching REGEX; false if the guest ends first (run-guest.sh enforces
+# the time limit, so this wait is bounded too), or after TIMEOUT seconds.
 guest_wait_for() {
-    local log=$WORK/serial-$1.log
-    while kill -0 "$CPID" 2>/dev/null; do
+    local log=$WORK/serial-$1.log deadline=$((SECONDS + ${3:-GUEST_TIMEOUT + 60}))
+    while kill -0 "$CPID" 2>/dev/null && ((SECONDS < deadline)); do
         grep -aq "$2" "$log" 2>/dev/null && return 0
         sleep 0.05 # poll interval
     done
@@ -399,6 +417,58 @@ if [[ ${E2E_RESET:-1} == 1 ]]; then
             backend_serving "$t"
         done
         stop_backend "$tag"
+    fi
+fi
+
+# Backend crash under a running guest: SIGKILL while fio writes on every
+# queue, a new process on the same socket and image, QEMU (reconnect=1)
+# reconnects and the guest's I/O must go on as if nothing happened. Requests
+# the killed process had in flight are known only through INFLIGHT_SHMFD (the
+# region QEMU keeps across reconnects): the new process must resubmit them,
+# or the guest waits for them forever. One fio round per kill, so that every
+# kill lands mid-write and the verify of each round covers it.
+if [[ ${E2E_KILL:-1} == 1 ]]; then
+    q=${QUEUES_LIST##* }
+    tag=q$q-kill
+    if [[ $BACKEND == qsd ]]; then
+        log "skip $tag: qemu-storage-daemon 7.2 does not offer INFLIGHT_SHMFD, so requests in flight at a kill are lost"
+    elif start_backend "$tag" "$q"; then
+        logs=("$BLOG")
+        guest_start "$tag" --queues "$q" --mode rounds --reconnect 1 --guest-param rounds="$KILL_COUNT"
+        kills=0 midwrite=0
+        for ((k = 1; k <= KILL_COUNT; k++)); do
+            if ! guest_wait_for "$tag" "^VTEST-ROUND $k " "$KILL_ROUND_TIMEOUT"; then
+                record "$tag: guest reached round $k" 1 "not within ${KILL_ROUND_TIMEOUT}s of the previous restart"
+                break
+            fi
+            grep -aq "^VTEST-ROUND $k writing" "$WORK/serial-$tag.log" && midwrite=$((midwrite + 1))
+            kill -KILL "$BPID" 2>/dev/null || true
+            wait "$BPID" 2>/dev/null || true
+            BPID=
+            kills=$((kills + 1))
+            # The killed process leaves its socket file behind; ours must replace it.
+            start_backend "$tag-restart$k" "$q" keep-socket || break
+            logs+=("$BLOG")
+        done
+        # After the last restart the guest finishes its round and the final
+        # verify; a request lost for good would leave it waiting until its own
+        # time limit, so stop it sooner.
+        if ((kills < KILL_COUNT)) || ! guest_wait_for "$tag" '^VTEST-END' "$KILL_ROUND_TIMEOUT"; then
+            kill -TERM "$CPID" 2>/dev/null || true
+        fi
+        st=0
+        guest_finish "$tag" || st=1
+        survived=0
+        for ((k = 1; k <= kills; k++)); do
+            grep -aq "^VTEST-RESULT fio-round-$k PASS" "$WORK/serial-$tag.log" && survived=$((survived + 1))
+        done
+        ((survived == KILL_COUNT && midwrite == KILL_COUNT)) || st=1
+        record "$tag: guest fio survived backend SIGKILLs" "$st" \
+            "$survived of $KILL_COUNT kills survived, $midwrite with writes in flight"
+        if [[ -n $BPID ]]; then
+            backend_serving "$tag" "${logs[@]}"
+            stop_backend "$tag"
+        fi
     fi
 fi
 
