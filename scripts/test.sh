@@ -10,7 +10,10 @@
 #      descriptor-chain parser, from the committed seed corpus (fuzz/run.sh)
 #   6. end-to-end: a Linux guest in QEMU 7.2 (TCG) on our socket with 1 and 2 queues, checking
 #      capacity, queues, serial, mkfs/fsck, discard, write-zeroes, flush, fio crc32c verify, hugepage
-#      guest memory, then a daemon restart and a read-back of data written before it (scripts/e2e.sh).
+#      guest memory, then a daemon restart and a read-back of data written before it, a daemon
+#      restart under a running guest, QEMU killed mid-I/O, a guest reboot and a QMP system_reset
+#      during fio (second boot checked), and the daemon SIGKILLed 5 times during fio with verify
+#      (scripts/e2e.sh).
 # Exit status 0 only if everything passed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
