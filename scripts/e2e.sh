@@ -98,7 +98,11 @@ record() { # record NAME STATUS [DETAIL]
 # shellcheck disable=SC2317 # reached through the EXIT trap
 cleanup() {
     local rc=$?
-    trap - EXIT INT TERM
+    # Ignored, not reset: timeout(1) and a terminal signal the whole process
+    # group, so a second INT or TERM can follow the first, and with the default
+    # action it would cut the clean-up short (backend, temp dir, no summary).
+    trap - EXIT
+    trap '' INT TERM
     if [[ -n $CPID ]] && kill -0 "$CPID" 2>/dev/null; then
         # run-guest.sh kills its QEMU in its own trap.
         kill -TERM "$CPID" 2>/dev/null || true

@@ -174,6 +174,9 @@ QPID=
 
 cleanup() {
     local rc=$?
+    # A second INT or TERM (timeout(1) and a terminal signal the whole group)
+    # must not cut the clean-up short.
+    trap '' INT TERM
     if [[ -n $QPID ]] && kill -0 "$QPID" 2>/dev/null; then
         # timeout(1) passes TERM on to QEMU and reaps it.
         kill -TERM "$QPID" 2>/dev/null || true
