@@ -28,7 +28,7 @@
 #     its log
 #   - backend SIGKILLed under a running guest (QEMU reconnect=1), E2E_KILL_COUNT
 #     (5) times: the guest runs one fio write+verify round per kill over the same
-#     64 MiB on every queue (with random reads alongside, so requests complete
+#     32 MiB on every queue (with random reads alongside, so requests complete
 #     out of order), each kill lands while the round's writes are in flight and
 #     the backend is restarted on the same socket and image; every round, a
 #     final verify-only pass and the guest's kernel log must be clean.

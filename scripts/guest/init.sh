@@ -59,7 +59,7 @@
 # kept its data, the fio write+verify of `full`, and the kernel log.
 #
 # rounds: vtest.rounds fio runs of random writes with crc32c verify (each
-# writes then reads back the whole 96-160 MiB region, its own seed per round,
+# writes then reads back the whole 96-128 MiB region, its own seed per round,
 # so a write lost in round r cannot hide behind round r-1's identical data),
 # with random reads of the 0-96 MiB region on the same queues alongside,
 # announced by "VTEST-ROUND r writing" once writes are in flight, so the host
@@ -76,7 +76,7 @@
 #   64-72       persistence region (vtest.persist_offset_mb)
 #   last 256 KiB, logical block 7: small/odd-placed raw writes
 # reset uses 32-64 (fio), 64-72 (persistence) and 72 MiB + 4 KiB (the boot
-# marker); rounds writes 96-160 and reads 0-96.
+# marker); rounds writes 96-128 and reads 0-96.
 #
 # No `set -e`: init must never die half-way (that panics the kernel and loses
 # the report); every command's status is checked explicitly instead.
@@ -719,7 +719,7 @@ test_rounds() {
             ;;
     esac
     test_identity
-    set_fio_writes 96 64
+    set_fio_writes 96 32
     ncpu=$(nproc)
     r=1
     while [ $r -le "$P_rounds" ]; do
@@ -814,9 +814,9 @@ case $P_mode in
         [ "$DISK_BYTES" -ge $((73 * MIB)) ] && test_reset
         ;;
     rounds)
-        [ "$DISK_BYTES" -ge $((160 * MIB)) ]
-        check disk-size-usable $? "$DISK_BYTES bytes (>= 160 MiB needed)"
-        [ "$DISK_BYTES" -ge $((160 * MIB)) ] && test_rounds
+        [ "$DISK_BYTES" -ge $((128 * MIB)) ]
+        check disk-size-usable $? "$DISK_BYTES bytes (>= 128 MiB needed)"
+        [ "$DISK_BYTES" -ge $((128 * MIB)) ] && test_rounds
         ;;
     *)
         result mode FAIL "unknown vtest.mode=$P_mode"
