@@ -55,11 +55,11 @@
 #   E2E_KILL     1 (default): backend SIGKILLed under a running guest; 0: skip
 #   E2E_KILL_COUNT  how many times (default 5: about half the kills catch
 #                requests completing out of order, which only INFLIGHT_SHMFD
-#                recovers; without it the guest broke at kill 1, 1, 2, 2, 2
-#                and 5 in six runs)
+#                recovers; without it the guest broke at kill 1, 1, 2, 2, 2,
+#                2, 2 and 5 in eight runs)
 #   KILL_ROUND_TIMEOUT  seconds the guest may take, after a kill and restart,
 #                to reach its next round (or its end) (default 90; a round
-#                takes 8-15 s here)
+#                takes 5-10 s here, up to 20 s with 1 queue on a loaded host)
 #   DAEMON_ARGS  extra arguments for our daemon, e.g. "--log-level debug"
 #   EXPECT_SERIAL  serial the guest must see; default "vhost_user_blk" for qsd
 #                (its fixed serial), "vub-e2e-serial" for ours, which gets it
@@ -143,7 +143,7 @@ CAPACITY_SECTORS=$((IMG_MIB * 2048)) # 2048 512-byte sectors per MiB
 READY_TIMEOUT=${READY_TIMEOUT:-30} # s; a backend needs well under a second to listen
 STOP_TIMEOUT=${STOP_TIMEOUT:-30}   # s; SIGTERM should end a backend in well under a second
 KILL_COUNT=${E2E_KILL_COUNT:-5}
-KILL_ROUND_TIMEOUT=${KILL_ROUND_TIMEOUT:-90} # s; a round takes 8-15 s, a restart ~1 s
+KILL_ROUND_TIMEOUT=${KILL_ROUND_TIMEOUT:-90} # s; a round takes 5-20 s, a restart ~1 s
 HUGEPAGES=256                       # 2 MiB pages = run-guest.sh's default 512 MiB of guest RAM
 NR_2M=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
 
