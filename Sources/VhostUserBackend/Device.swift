@@ -50,13 +50,14 @@ public protocol VhostUserDevice: AnyObject {
     /// and its poll pass.
     func makeQueue(index: Int, ring: SplitQueue, memory: GuestMemoryMap, features: VirtioFeatures) throws
         -> (queue: Queue, poll: QueuePoller)
-    /// How the worker of queue `index` runs: its CPU (nil = unpinned) and idle window before sleeping.
+    /// How the worker of queue `index` runs: its CPU (nil = unpinned) and longest idle poll before sleeping.
     func workerPolicy(queue index: Int) -> WorkerPolicy
 }
 
 public struct WorkerPolicy: Sendable {
     public var cpu: Int?
-    /// Busy-poll this long after the last work before arming notifications and sleeping; nil never sleeps.
+    /// The longest a worker busy-polls an idle queue before arming notifications and sleeping; the
+    /// window itself adapts between 0 and this to the queue's traffic (`PollWindow`). nil never sleeps.
     public var pollWindowNanoseconds: UInt64?
     public init(cpu: Int?, pollWindowNanoseconds: UInt64?) {
         self.cpu = cpu

@@ -29,8 +29,9 @@ public struct DaemonConfiguration: Sendable {
     public var maxQueueSize: UInt16 = 1024
     public var cpus: [Int]? = nil
     public var serial: String? = nil
-    /// Idle window before a worker sleeps; 0 = never sleep. 50 µs: long enough that a guest issuing
-    /// back-to-back requests is served without a kick, short enough that an idle disk costs little CPU
+    /// The longest idle poll before a worker sleeps (the window adapts below it, `PollWindow`); 0 =
+    /// never sleep. 50 µs: long enough that a guest issuing requests back to back is served without
+    /// kicks, and the adaptive window keeps it from costing CPU when requests come further apart
     /// (cloud-hypervisor polls 50 µs after each kick; QEMU's iothread default poll-max-ns is 32 µs).
     public var pollMicroseconds: Int = 50
     /// Owner and group given to the socket file (`--socket-owner`, `--socket-group`); nil keeps the

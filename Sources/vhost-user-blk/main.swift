@@ -73,7 +73,7 @@ struct VhostUserBlkCommand: ParsableCommand {
     @Option(name: .customLong("block-size"), help: "Logical block size the guest sees: 512 or 4096.")
     var blockSize: UInt32?
 
-    @Option(name: .customLong("poll-us"), help: "Busy-poll window in µs before a queue sleeps (0 = never sleep).")
+    @Option(name: .customLong("poll-us"), help: "Longest busy-poll in µs before an idle queue sleeps; the window adapts below it to the traffic (0 = never sleep).")
     var pollUS: Int = 50
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
