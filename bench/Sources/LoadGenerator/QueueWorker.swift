@@ -68,6 +68,8 @@ public struct WorkerConfig: @unchecked Sendable {
     public var seed: UInt64
     /// Abandon the run when nothing completes for this long while requests are outstanding.
     public var stallTimeoutNs: UInt64
+    /// Wait this long after each batch of completions before submitting again (0 = never wait).
+    public var thinkNs: UInt64 = 0
     /// Cache-line of shared counters: [0] completed (worker → main, for progress), [1] done flag.
     public var control: UnsafeMutablePointer<UInt64>
 }
@@ -157,13 +159,16 @@ public func runQueueWorker(_ c: WorkerConfig) -> WorkerResult {
     r.measureStartNs = now
     var lastProgress = now
     var submitting = true
+    // With a think time: no submission before this time (set after each batch of completions).
+    var resumeAt: UInt64 = 0
+    let thinkNs = c.thinkNs
     var pfd = pollfd(fd: m.callFD, events: Int16(POLLIN), revents: 0)
 
     while true {
         if submitting && (submitted >= limit || (!verify && now >= c.endNs)) { submitting = false }
         // Verify: every write must have completed before the first read is issued.
         let barrier = verify && submitted == c.verifyBlocks && freeCount < depth
-        if submitting && freeCount > 0 && !barrier {
+        if submitting && freeCount > 0 && !barrier && (thinkNs == 0 || now >= resumeAt) {
             let oldAvail = availIdx
             while freeCount > 0 && submitted < limit {
                 if verify && submitted == c.verifyBlocks && freeCount < depth { break }
@@ -278,6 +283,7 @@ public func runQueueWorker(_ c: WorkerConfig) -> WorkerResult {
         }
         if r.failure != nil { break }
         lastProgress = now
+        if thinkNs > 0 { resumeAt = now &+ thinkNs }
         if polling && eventIdx { cvh_store_relaxed_u16(usedEventP, lastUsed &+ 0x8000) }
         if !measuring && now >= c.rampEndNs {
             measuring = true

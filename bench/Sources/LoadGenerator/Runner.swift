@@ -31,6 +31,9 @@ public struct RunOptions: Sendable {
     public var progress = false
     /// Abandon the run when no request completes for this long.
     public var stallTimeoutSeconds: Double = 10
+    /// After the run, keep the queues started with nothing in flight for this long and report the
+    /// back-end's CPU over it (needs `backendPID`): what an idle but connected disk costs.
+    public var idleSeconds: Double = 0
 
     public init(target: Target) { self.target = target }
 }
@@ -179,7 +182,8 @@ public func runLoad(_ o: RunOptions) throws -> RunOutcome {
             requestLimit: baseShare == UInt64.max ? UInt64.max : baseShare + (q < extra ? 1 : 0),
             rampEndNs: rampEnd, endNs: end, verify: w.verify,
             verifyBlocks: min(UInt64(w.verifyBlocks), regions[q].length / UInt64(w.blockSize)), seed: verifySeed,
-            stallTimeoutNs: UInt64(o.stallTimeoutSeconds * 1e9), control: workerControl(q))
+            stallTimeoutNs: UInt64(o.stallTimeoutSeconds * 1e9), thinkNs: w.thinkMicroseconds &* 1000,
+            control: workerControl(q))
         let box = boxes[q]
         workers.append(try PinnedThread(name: "lg-q\(q)", cpu: o.cpus.isEmpty ? nil : o.cpus[q % o.cpus.count]) {
             box.result = runQueueWorker(c)
@@ -234,6 +238,20 @@ public func runLoad(_ o: RunOptions) throws -> RunOutcome {
     for q in 0..<o.queues { cvh_store_release_u64(deviceControl(q), 1) }
     for t in deviceThreads { t.join() }
 
+    // Idle: the rings stay started (the back-end's workers are running) with nothing in flight.
+    var idleCPU: (seconds: Double, cpu: Double)?
+    if o.idleSeconds > 0, let pid = o.backendPID, let a = ProcessCPU.seconds(pid: pid) {
+        let t0 = monotonicNanoseconds()
+        var left = UInt64(o.idleSeconds * 1e6)
+        // usleep takes at most a second's worth on some libcs; sleep in pieces.
+        while left > 0 {
+            let piece = min(left, 500_000)
+            usleep(UInt32(piece))
+            left -= piece
+        }
+        if let b = ProcessCPU.seconds(pid: pid) { idleCPU = (Double(monotonicNanoseconds() - t0) / 1e9, b - a) }
+    }
+
     var failures: [String] = []
     if let f = frontend {
         do { _ = try f.stop() } catch { failures.append("stopping the rings: \(error)") }
@@ -267,6 +285,10 @@ public func runLoad(_ o: RunOptions) throws -> RunOutcome {
     report.latency = merged.summary
     if let a = backendCPUStart, let b = backendCPUEnd { report.backendCPUSeconds = b - a }
     report.generatorCPUSeconds = (ownCPUEnd ?? ownCPUStart) - ownCPUStart
+    if let idleCPU {
+        report.idleSeconds = idleCPU.seconds
+        report.backendIdleCPUSeconds = idleCPU.cpu
+    }
     _ = arena // the rings live in it until every thread has been joined
     return RunOutcome(report: report, failures: failures)
 }

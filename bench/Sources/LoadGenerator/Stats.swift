@@ -95,12 +95,21 @@ public struct RunReport: Sendable {
     public var backendCPUSeconds: Double?
     /// This process's CPU seconds over the same interval.
     public var generatorCPUSeconds: Double
+    /// With `RunOptions.idleSeconds`: how long the queues then sat idle, and the back-end's CPU
+    /// seconds over that time.
+    public var idleSeconds: Double?
+    public var backendIdleCPUSeconds: Double?
 
     public var iops: Double { elapsedSeconds > 0 ? Double(completed) / elapsedSeconds : 0 }
     public var megabytesPerSecond: Double { elapsedSeconds > 0 ? Double(bytes) / elapsedSeconds / 1e6 : 0 }
     public var backendCPUMicrosecondsPerIO: Double? {
         guard let s = backendCPUSeconds, completed > 0 else { return nil }
         return s * 1e6 / Double(completed)
+    }
+    /// Back-end CPU over the idle interval, in percent of one core.
+    public var backendIdleCPUPercent: Double? {
+        guard let s = backendIdleCPUSeconds, let t = idleSeconds, t > 0 else { return nil }
+        return s / t * 100
     }
     public var generatorCPUMicrosecondsPerIO: Double? {
         completed > 0 ? generatorCPUSeconds * 1e6 / Double(completed) : nil
@@ -123,6 +132,9 @@ public struct RunReport: Sendable {
         }
         lines.append("generator CPU: \(fixed(generatorCPUSeconds, 2)) s = \(fixed(generatorCPUMicrosecondsPerIO ?? 0, 3)) µs/IO;"
             + " kicks \(kicks), call waits \(callWaits)")
+        if let p = backendIdleCPUPercent, let t = idleSeconds {
+            lines.append("backend CPU while idle: \(fixed(p, 2)) % of a core over \(fixed(t, 1)) s")
+        }
         if ioErrors > 0 { lines.append("I/O errors: \(ioErrors)") }
         if workload.verify {
             lines.append("verify: \(verifiedBlocks) blocks checked, \(verifyErrors) mismatches" + (firstVerifyError.map { "; first: \($0)" } ?? ""))
@@ -163,6 +175,9 @@ public struct RunReport: Sendable {
         o.add("backend_cpu_us_per_io", backendCPUMicrosecondsPerIO)
         o.add("generator_cpu_s", generatorCPUSeconds)
         o.add("generator_cpu_us_per_io", generatorCPUMicrosecondsPerIO)
+        o.add("think_us", Int(workload.thinkMicroseconds))
+        o.add("idle_s", idleSeconds)
+        o.add("backend_idle_cpu_percent", backendIdleCPUPercent)
         o.add("kicks", kicks)
         o.add("call_waits", callWaits)
         o.add("io_errors", ioErrors)

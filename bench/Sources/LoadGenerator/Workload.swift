@@ -153,6 +153,11 @@ public struct WorkloadSpec: Sendable {
     /// Use only the first `limitBytes` of the device (nil = all of it).
     public var limitBytes: UInt64?
     public var seed: UInt64 = 1
+    /// Pause this long after each batch of completions before submitting again (0 = none). With
+    /// depth 1 the back-end then sees one request every `thinkMicroseconds` plus its own service
+    /// time: the arrival pattern of a slow guest (a TCG guest issues one about every 60 µs), where
+    /// how a back-end spends the gaps (spinning or sleeping) decides its CPU cost per request.
+    public var thinkMicroseconds: UInt64 = 0
 
     public init() {}
 

@@ -86,6 +86,12 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Seconds without any completion before the run is abandoned.")
     var stallTimeout: Double = 10
 
+    @Option(name: .customLong("think-us"), help: "Wait this many µs after each batch of completions before submitting again (depth 1: a request every N µs, like a slow guest).")
+    var thinkUS: UInt64 = 0
+
+    @Option(help: "After the run, keep the queues started and idle this many seconds and report the back-end's CPU meanwhile (needs --backend-pid).")
+    var idle: Double = 0
+
     func run() throws {
         do {
             let outcome = try runLoad(try options())
@@ -130,6 +136,7 @@ struct BenchCommand: ParsableCommand {
         o.workload.verify = verify
         o.workload.verifyBlocks = verifyBlocks
         o.workload.seed = seed
+        o.workload.thinkMicroseconds = thinkUS
         if let size {
             guard let b = parseSize(size) else { throw ValidationError("bad --size \(size)") }
             o.workload.limitBytes = b
@@ -142,6 +149,9 @@ struct BenchCommand: ParsableCommand {
         o.hugePages = !noHugepages
         o.backendPID = backendPid
         o.stallTimeoutSeconds = stallTimeout
+        guard idle >= 0 else { throw ValidationError("--idle must not be negative") }
+        guard idle == 0 || backendPid != nil else { throw ValidationError("--idle needs --backend-pid") }
+        o.idleSeconds = idle
         // Progress lines only make sense on a terminal; in a log they would be noise.
         o.progress = isatty(2) != 0
         return o
