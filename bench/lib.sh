@@ -11,22 +11,29 @@ bench_workdir() {
 
 # bench_daemon ROOT WORK: builds the release daemon (incrementally: measuring a stale binary would
 # be a silent error) and copies it to WORK/vhost-user-blk, so a rebuild of the checkout while the
-# benchmark runs cannot change what is measured. BENCH_SCRATCH_PATH picks the build directory
-# (default .build), for checkouts that keep their builds apart. Sets DAEMON, DAEMON_SHA (full sha256),
+# benchmark runs cannot change what is measured. Sets DAEMON, DAEMON_SHA (full sha256),
 # DAEMON_MTIME (build time), GIT_COMMIT (HEAD of the checkout) and GIT_DIRTY (uncommitted changes
-# under Sources/ or Package.swift).
+# under Sources/ or Package.swift). BENCH_SCRATCH_PATH (default .build) is the SwiftPM scratch path,
+# for checkouts whose builds must stay out of .build (several engineers building on one machine).
+# BENCH_DAEMON=PATH measures that binary instead of building one (a saved "before" build, say);
+# GIT_COMMIT then still names the checkout, not the binary's source.
 # shellcheck disable=SC2034 # the variables it sets are read by the scripts that source this file
 bench_daemon() {
     local root=$1 work=$2
     if ! command -v swift >/dev/null && [[ -x /opt/swift/usr/bin/swift ]]; then PATH=/opt/swift/usr/bin:$PATH; fi
     command -v swift >/dev/null || die "swift not found: it builds the daemon under test"
-    local scratch=${BENCH_SCRATCH_PATH:-.build}
-    log "building the release daemon (scratch path $scratch)"
-    (cd "$root" && swift build -c release --scratch-path "$scratch" --product vhost-user-blk >&2)
+    local built=${BENCH_DAEMON:-}
+    if [[ -z $built ]]; then
+        local scratch=${BENCH_SCRATCH_PATH:-.build}
+        log "building the release daemon (scratch path $scratch)"
+        (cd "$root" && swift build -c release --scratch-path "$scratch" --product vhost-user-blk >&2)
+        built=$root/$scratch/release/vhost-user-blk
+    fi
+    [[ -x $built ]] || die "no daemon binary at $built"
     DAEMON=$work/vhost-user-blk
-    cp "$root/$scratch/release/vhost-user-blk" "$DAEMON"
+    cp "$built" "$DAEMON"
     DAEMON_SHA=$(sha256sum "$DAEMON" | cut -d' ' -f1)
-    DAEMON_MTIME=$(date -u -r "$root/$scratch/release/vhost-user-blk" +%Y-%m-%dT%H:%M:%SZ)
+    DAEMON_MTIME=$(date -u -r "$built" +%Y-%m-%dT%H:%M:%SZ)
     GIT_COMMIT=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
     GIT_DIRTY=false
     if [[ -n $(git -C "$root" status --porcelain -- Sources Package.swift 2>/dev/null) ]]; then GIT_DIRTY=true; fi
