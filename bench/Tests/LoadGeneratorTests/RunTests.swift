@@ -82,6 +82,26 @@ private func options(_ target: Target, pattern: AccessPattern = .randrw, request
         #expect(out.report.iops > 0)
     }
 
+    /// --think-us spaces the requests; --idle reports the back-end's CPU while its queue sits idle
+    /// (the daemon's worker sleeps then: far below a core).
+    @Test func thinkTimeAndIdleMeasurement() throws {
+        let d = try daemon(["--engine", "null", "--size", "1G"])
+        var o = options(.socket(d.socketPath), requests: 200, depth: 1, queues: 1)
+        o.workload.thinkMicroseconds = 200
+        o.backendPID = d.pid
+        o.idleSeconds = 0.5
+        let out = try runLoad(o)
+        #expect(out.failures.isEmpty, "\(out.failures)")
+        #expect(out.report.completed == 200)
+        // 200 requests, each after a 200 µs pause: at least 40 ms.
+        #expect(out.report.elapsedSeconds >= 0.04)
+        #expect(out.report.json.contains("\"think_us\": 200"))
+        let idle = try #require(out.report.backendIdleCPUPercent)
+        #expect((out.report.idleSeconds ?? 0) >= 0.5)
+        // /proc ticks are 10 ms: over 0.5 s one tick is 2 %; a spinning worker would show ~100 %.
+        #expect(idle < 50)
+    }
+
     @Test func mixedRandomRunOnTheNullEngine() throws {
         let d = try daemon(["--engine", "null", "--size", "1G"])
         let out = try runLoad(options(.socket(d.socketPath), requests: 20_000, depth: 32, queues: 1, wait: .event))
