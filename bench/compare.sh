@@ -9,7 +9,7 @@
 #   --rounds N         rounds; each round runs every workload on both back-ends
 #   --runtime S        measured seconds per run (after --ramp seconds)
 #   --ramp S           seconds run before measuring starts
-#   --poll-us N        our daemon's --poll-us (busy-poll window after the last request)
+#   --poll-us N        our daemon's --poll-us (longest busy-poll of an idle queue)
 #   --backend-cpu C    CPU both back-ends are pinned to (taskset; ours also --cpus C)
 #   --generator-cpu C  CPU of the generator's queue thread (and of host fio)
 #   --only null|file   run only one of the two stores

@@ -9,7 +9,7 @@
 #   --rounds N    rounds; each round runs every workload on both back-ends
 #   --runtime S   seconds fio measures per run (after a 2 s ramp)
 #   --queues N    virtqueues offered by both back-ends and used by the guest
-#   --poll-us N   our daemon's --poll-us (busy-poll window; 0 = never sleep)
+#   --poll-us N   our daemon's --poll-us (longest busy-poll; 0 = never sleep)
 #   --jobs J      fio jobs in the guest (each at iodepth 32)
 #
 # For every round and workload (4 KiB randread, 4 KiB randwrite, iodepth 32)
