@@ -31,16 +31,17 @@ public final class UnixSocket: @unchecked Sendable {
         if raw < 0 { throw SystemError.current("socket") }
         let sock = UnixSocket(adopting: FileDescriptor(adopting: raw))
         var addr = try makeAddress(path)
-        // The umask gives the socket file `mode` from the moment it exists (bind creates it 0777 minus
-        // the umask), leaving no window in which another user could connect. The umask is per
-        // process: callers listen before starting threads that create files.
-        let old = umask(~mode & 0o777)
+        // Linux's bind creates the socket file with the mode of the socket's own inode minus the umask,
+        // so an fchmod of the unbound socket gives the file `mode` (or less) from the moment it exists:
+        // no window in which another user could connect. Not the umask: it is per process, and
+        // changing it, even briefly, races with any other thread creating files (the test suite's
+        // in-process servers made a concurrent test's mkdtemp directory 0600 that way).
+        if fchmod(raw, mode & 0o777) != 0 { throw SystemError.current("fchmod", context: "socket for \(path)") }
         let r = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 bind(raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
             }
         }
-        umask(old)
         if r < 0 { throw SystemError.current("bind", context: path) }
         do {
             try setOwnerAndMode(path: path, mode: mode, owner: owner, group: group)
@@ -76,8 +77,8 @@ public final class UnixSocket: @unchecked Sendable {
             }
             st = try entry.stat()
         }
-        // The umask already gave the mode in the common case; a default ACL on the directory overrides
-        // the umask, and is what this corrects.
+        // bind gave at most `mode`; the umask may have taken bits away (0660 under umask 022) and a
+        // default ACL on the directory overrides both: set exactly `mode`.
         if st.st_mode & 0o7777 != mode & 0o7777 {
             if chmod("/proc/self/fd/\(raw)", mode) != 0 {
                 throw SystemError.current("chmod", context: "\(path) to \(String(mode, radix: 8)) (through /proc/self/fd)")
