@@ -72,11 +72,26 @@ public protocol BlockEngine: AnyObject {
     func enqueue(_ request: BlockRequest)
     /// Sends everything enqueued since the last call.
     func submit()
+    /// How many requests the caller should enqueue before calling `submit()` mid-pass (it also submits
+    /// at the end of every pass). Engines without a system call per submission want no limit.
+    var submitBatch: Int { get }
     /// Moves finished completions into `buffer` without blocking; returns how many were written.
     func reap(into buffer: UnsafeMutableBufferPointer<BlockCompletion>) -> Int
     /// Readable when a completion is ready (see the type's comment for the drain rule); nil when
     /// every request is completed by the time `submit()` returns.
     var completionEventFD: Int32? { get }
+}
+
+extension BlockEngine {
+    /// Kernel engines (aio, io_uring): 4. One io_submit/io_uring_enter hands its whole batch to the block
+    /// layer under one plug, and the device is kicked only when the last request of it is prepared; a
+    /// pass that took a whole depth-32 ring's worth of requests then held the first back until the 32nd
+    /// was ready, and the disk saw bursts instead of a full queue: 0.76× qsd's IOPS on randwrite and
+    /// 0.92× on randread (qsd submits each request alone). Measured on this VM's virtio disk, depth 32,
+    /// 3 alternating rounds: one per call 226 k / 142 k, every 4 234 k / 141 k, every 8 223 k / 142 k,
+    /// the whole pass 195 k / 127 k (randwrite / randread IOPS; qsd 216 k / 138 k in the same runs).
+    /// 4 keeps the disk's queue fed at a quarter of the system calls of one per request.
+    @inlinable public var submitBatch: Int { 4 }
 }
 
 /// Which engine serves a store.

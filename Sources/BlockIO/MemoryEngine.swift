@@ -53,6 +53,8 @@ public final class MemoryEngine: BlockEngine, @unchecked Sendable {
     }
 
     public func submit() {}
+    /// No system call to amortise or plug to release: one submit per pass.
+    @inlinable public var submitBatch: Int { Int.max }
 
     public func reap(into buffer: UnsafeMutableBufferPointer<BlockCompletion>) -> Int {
         completions.drain(into: buffer, from: 0)

@@ -31,6 +31,8 @@ public final class NullEngine: BlockEngine, @unchecked Sendable {
 
     @inlinable
     public func submit() {}
+    /// No system call to amortise or plug to release: one submit per pass.
+    @inlinable public var submitBatch: Int { Int.max }
 
     @inlinable
     public func reap(into buffer: UnsafeMutableBufferPointer<BlockCompletion>) -> Int {

@@ -102,6 +102,10 @@ public final class BlkQueue<E: BlockEngine> {
         }
         if acceptNew {
             var n = try ring.pending()
+            // Requests are handed to the engine in chunks of its `submitBatch` (see there: a whole
+            // pass in one system call starves the disk), the rest at the end of the pass.
+            let batch = engine.submitBatch
+            var unsubmitted = 0
             while n > 0 {
                 n -= 1
                 let head = try ring.popHead()
@@ -109,13 +113,18 @@ public final class BlkQueue<E: BlockEngine> {
                     throw QueueError("driver reused head \(head) while it is still in flight")
                 }
                 switch start(head: head) {
-                case .submitted: break
+                case .submitted:
+                    unsubmitted &+= 1
+                    if unsubmitted == batch {
+                        engine.submit()
+                        unsubmitted = 0
+                    }
                 case .completed: pushed = true
                 }
                 progress += 1
             }
         }
-        // One submit per pass for everything enqueued above. While anything is in flight it also
+        // A submit at the end of every pass for what is left. While anything is in flight it also
         // retries requests an engine could not hand to the kernel yet (io_submit's EAGAIN), so they
         // do not wait for the guest's next request.
         if inFlight > 0 { engine.submit() }

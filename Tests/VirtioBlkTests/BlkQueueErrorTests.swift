@@ -199,6 +199,21 @@ func aHeaderShorterThan16BytesFails(headerBytes: Int) throws {
     #expect(rig.blk.inFlight == 0)
 }
 
+/// A pass hands requests to a kernel engine every `submitBatch` (4), not all at the end: one system call
+/// for a whole ring's worth kept the disk from starting on the first until the last was prepared.
+@Test func aPassSubmitsInChunksOfTheEnginesBatch() throws {
+    let engine = HoldingEngine()
+    #expect(engine.submitBatch == 4)
+    let rig = try BlkRig(engine: engine, queueSize: 32)
+    for _ in 0..<10 {
+        try rig.driver.addChain([BufferSegment(try rig.header(ReqType.flush), deviceWritable: false),
+                                 BufferSegment(try rig.buffer(1), deviceWritable: true)])
+    }
+    rig.driver.publish()
+    #expect(try rig.blk.poll(acceptNew: true).progress == 10)
+    #expect(engine.heldAtSubmit == [4, 8, 10], "submits after 4 and 8 requests, the rest at the end of the pass")
+}
+
 @Test func pollWithoutAcceptNewLeavesNewRequestsInTheRing() throws {
     let engine = HoldingEngine()
     let rig = try BlkRig(engine: engine)

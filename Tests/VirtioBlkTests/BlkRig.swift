@@ -35,8 +35,10 @@ final class HoldingEngine: BlockEngine {
     private var done: [BlockCompletion] = []
     var inFlight: Int { held.count + done.count }
     var completionEventFD: Int32? { nil }
+    /// How many requests were held at each `submit()` call.
+    private(set) var heldAtSubmit: [Int] = []
     func enqueue(_ request: BlockRequest) { held.append(request) }
-    func submit() {}
+    func submit() { heldAtSubmit.append(held.count) }
     func reap(into buffer: UnsafeMutableBufferPointer<BlockCompletion>) -> Int {
         let n = min(done.count, buffer.count)
         for i in 0..<n { buffer[i] = done[i] }
