@@ -87,20 +87,7 @@ WORKLOADS=()
 [[ $ONLY != file ]] && WORKLOADS+=(null:randread:1 null:randread:32 null:randread:128)
 [[ $ONLY != null ]] && WORKLOADS+=(file:randread:32 file:randwrite:32)
 
-T_START=$SECONDS
-WORK='' BPID=''
-# shellcheck disable=SC2317 # reached through the EXIT trap
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [[ -n $BPID ]] && stop_process "$BPID"
-    [[ -n $WORK ]] && rm -rf "$WORK"
-    log "elapsed $((SECONDS - T_START))s"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_cleanup_on_exit
 
 ensure_packages iproute2 coreutils util-linux qemu-system-x86 jq fio
 command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not found"

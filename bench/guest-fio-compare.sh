@@ -80,25 +80,7 @@ STOP_TIMEOUT=30  # s; SIGTERM ends a back-end in well under a second
 POLL=0.02        # s between looks at the serial log / socket: at most 20 ms of
                  # back-end CPU is misattributed per marker, <0.3% of a 15 s run
 
-T_START=$SECONDS
-WORK='' BPID='' CPID=''
-# shellcheck disable=SC2317 # reached through the EXIT trap
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    if [[ -n $CPID ]] && kill -0 "$CPID" 2>/dev/null; then
-        # run-guest.sh stops its QEMU in its own trap.
-        kill -TERM "$CPID" 2>/dev/null || true
-        wait "$CPID" 2>/dev/null || true
-    fi
-    [[ -n $BPID ]] && stop_process "$BPID"
-    [[ -n $WORK ]] && rm -rf "$WORK"
-    log "elapsed $((SECONDS - T_START))s"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_cleanup_on_exit
 
 # ss (iproute2) observes readiness; qemu-system-x86 brings qemu-system-common,
 # which has qemu-storage-daemon; jq builds the JSON and the tables.

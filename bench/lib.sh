@@ -1,6 +1,31 @@
 # shellcheck shell=bash
-# Helpers shared by the benchmark scripts (compare.sh, guest-fio-compare.sh). Sourced after
-# scripts/guest/lib.sh (log, die); defines functions only.
+# Helpers shared by the benchmark scripts (compare.sh, guest-fio-compare.sh, poll-cost.sh). Sourced
+# after scripts/guest/lib.sh (log, die, stop_process); defines functions only.
+
+# bench_cleanup_on_exit: every way out of a benchmark script (the end, a failed run, a signal) stops
+# what it left running — the guest runner CPID (run-guest.sh stops its QEMU in its own trap) and the
+# back-end BPID — removes WORK and prints the elapsed time. Sets T_START, WORK, BPID and CPID.
+# shellcheck disable=SC2034 # WORK, BPID and CPID are set by the scripts that source this file
+bench_cleanup_on_exit() {
+    T_START=$SECONDS WORK='' BPID='' CPID=''
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+# shellcheck disable=SC2317 # reached through the EXIT trap
+bench_cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n $CPID ]] && kill -0 "$CPID" 2>/dev/null; then
+        kill -TERM "$CPID" 2>/dev/null || true
+        wait "$CPID" 2>/dev/null || true
+    fi
+    [[ -n $BPID ]] && stop_process "$BPID"
+    [[ -n $WORK ]] && rm -rf "$WORK"
+    log "elapsed $((SECONDS - T_START))s"
+    exit "$rc"
+}
 
 # bench_workdir PREFIX: a fresh directory for one benchmark run in WORK, on a disk-backed file system
 # (tmpfs has no O_DIRECT, which both back-ends use on the file store).

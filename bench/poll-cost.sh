@@ -63,20 +63,7 @@ READY_TIMEOUT=30 # s; the daemon listens well within a second
 RAMP=1           # s before measuring: the daemon's poll window has settled by then
 RUN_TIMEOUT=$((RAMP + RUNTIME + IDLE + 60))
 
-T_START=$SECONDS
-WORK='' BPID=''
-# shellcheck disable=SC2317 # reached through the EXIT trap
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [[ -n $BPID ]] && stop_process "$BPID"
-    [[ -n $WORK ]] && rm -rf "$WORK"
-    log "elapsed $((SECONDS - T_START))s"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_cleanup_on_exit
 
 ensure_packages iproute2 coreutils util-linux jq
 bench_workdir vub-poll-cost
