@@ -335,6 +335,56 @@ public final class DaemonProcess: @unchecked Sendable {
         state.ifRunning { kill(pid, sig) }
     }
 
+    /// Stops every thread of the daemon (SIGSTOP) and returns once all of them are stopped, so that
+    /// what it shares with the test (rings, the in-flight log) holds still while the test reads it.
+    /// A test that must kill the daemon at a chosen moment (requests taken, not yet completed) uses
+    /// this instead of racing a running process: on a loaded 2-core machine the test thread can be
+    /// descheduled for longer than the daemon needs to finish everything. False if the daemon
+    /// exited or some thread did not stop within `timeoutMs`.
+    public func freeze(timeoutMs: Int = 10_000) -> Bool {
+        signal(SIGSTOP)
+        let deadline = Deadline(milliseconds: timeoutMs)
+        while isRunning && !deadline.expired {
+            if allThreadsStopped() { return true }
+            usleep(50)
+        }
+        return false
+    }
+
+    /// Lets a frozen daemon run again.
+    public func thaw() { signal(SIGCONT) }
+
+    /// Whether /proc shows every thread of the daemon in state T (stopped). SIGSTOP stops a thread
+    /// group thread by thread, each as it next returns to user space, so the process's own state
+    /// alone does not say that its workers have stopped.
+    private func allThreadsStopped() -> Bool {
+        guard let dir = opendir("/proc/\(pid)/task") else { return false }
+        defer { closedir(dir) }
+        var seen = 0
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let tid = Int32(name) else { continue }
+            guard let stat = Self.readSmallFile("/proc/\(pid)/task/\(tid)/stat") else { return false }
+            // The state is the first field after the command name, which is in parentheses and may
+            // itself contain spaces and parentheses; hence the last ')'.
+            guard let close = stat.lastIndex(of: ")") else { return false }
+            let rest = stat[stat.index(after: close)...].drop { $0 == " " }
+            guard rest.first == "T" else { return false }
+            seen += 1
+        }
+        return seen > 0
+    }
+
+    /// The first 512 bytes of a /proc file (a stat line is shorter), nil if it cannot be read.
+    private static func readSmallFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 512)
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : nil
+    }
+
     /// Waits for the daemon to exit; nil if it still runs after `timeoutMs`.
     public func waitForExit(timeoutMs: Int = 10_000) -> ExitStatus? {
         var s: ExitStatus?

@@ -14,6 +14,7 @@ import VhostUserTesting
 @Suite("Reconnect after SIGKILL: in-flight requests are resubmitted")
 struct ReconnectTests {
     static let rounds = 4
+    static let maxRounds = 8
     static let writesPerQueue = 96 // of 128 ring entries, so the driver never waits for free descriptors
     /// Every 8th write is large, so completions come back out of order: what makes resuming from
     /// used->idx alone (no log) complete some requests twice and lose others.
@@ -46,8 +47,14 @@ struct ReconnectTests {
             try (0..<Self.writesPerQueue).map { k in try s.arena.allocate(Self.placement(queue: q, write: k).length, alignment: 4096) }
         }
 
-        for round in 0..<Self.rounds {
+        var round = 0
+        var killsWithMarks = 0
+        // At least `rounds` rounds, more (up to `maxRounds`) until two kills have caught requests in flight.
+        while round < Self.rounds || (killsWithMarks < 2 && round < Self.maxRounds) {
+            defer { round += 1 }
             var tickets: [[(BlkTicket, offset: UInt64, seed: UInt64, length: Int)]] = Array(repeating: [], count: queues)
+            // Frozen while the driver publishes, so that no queue is served before all are full.
+            #expect(daemon.process.freeze(), "the daemon's threads did not all stop")
             try daemon.run(frontends.last) { () throws in
                 for (q, d) in s.drivers.enumerated() {
                     for k in 0..<Self.writesPerQueue {
@@ -61,22 +68,28 @@ struct ReconnectTests {
                     d.kick()
                 }
             }
-            // Kill once some requests have completed and others have not, judged from the rings alone
-            // (so the moment does not depend on the log under test); once everything completed,
-            // the round tests a kill with nothing in flight, which must work too.
-            let deadline = Deadline(milliseconds: 5_000)
+            // Let the daemon run in short bursts, frozen between them, until a frozen daemon has
+            // requests marked in its in-flight log while some of this round's are already in the used
+            // ring: the state in which resuming from used->idx alone goes wrong (with the log ignored,
+            // this test then fails on a double completion). Once everything completed, the round
+            // tests a kill with nothing in flight, which must work too. Judging a running daemon
+            // instead raced: on a loaded 2-core machine (sanitized, tests in parallel) the daemon
+            // finished whole rounds before the test thread looked again, and no kill caught anything.
+            let deadline = Deadline(milliseconds: 10_000)
             let startUsed = s.drivers.map { $0.queue.deviceUsedIndex }
-            func partlyDone() -> Bool {
-                s.drivers.indices.contains { q in
-                    let used = s.drivers[q].queue.deviceUsedIndex
-                    return used != startUsed[q] && used != s.drivers[q].queue.availIndex
-                }
+            var marked = 0
+            while true {
+                daemon.process.thaw()
+                #expect(daemon.process.freeze(), "the daemon's threads did not all stop")
+                marked = (0..<queues).reduce(0) { $0 + buffer.markedHeads(queue: $1).count }
+                let allUsed = s.drivers.allSatisfy { $0.queue.deviceUsedIndex == $0.queue.availIndex }
+                let someUsed = s.drivers.indices.contains { s.drivers[$0].queue.deviceUsedIndex != startUsed[$0] }
+                if (marked > 0 && someUsed) || allUsed || deadline.expired { break }
             }
-            func allUsed() -> Bool { s.drivers.allSatisfy { $0.queue.deviceUsedIndex == $0.queue.availIndex } }
-            while !partlyDone() && !allUsed() && !deadline.expired {}
-            daemon.process.signal(SIGKILL)
+            daemon.process.signal(SIGKILL) // a stopped process dies of SIGKILL too
             #expect(daemon.process.waitForExit() != nil)
-            markedAtKills += (0..<queues).reduce(0) { $0 + buffer.markedHeads(queue: $1).count }
+            markedAtKills += marked
+            if marked > 0 { killsWithMarks += 1 }
 
             daemon = try TestDaemon(args, directory: directory)
             let f = try daemon.connect()
@@ -98,6 +111,7 @@ struct ReconnectTests {
             }
         }
         // The kills must have hit requests in flight, or the test proved nothing about resubmission.
+        #expect(killsWithMarks > 0, "no kill in \(round) rounds caught a request in flight")
         #expect(markedAtKills > 0)
         #expect(resubmittedLogged > 0, "no daemon logged a resubmission")
 
