@@ -33,6 +33,8 @@ public enum BlkStatus {
 public struct BlkConfig: Equatable, Sendable {
     /// virtio-blk counts in 512-byte sectors whatever the block size (virtio 1.2 §5.2.4).
     public static let sectorSize: UInt64 = 512
+    /// log2(sectorSize), for shifts on the request path.
+    public static let sectorShift: UInt64 = 9
     /// GET_ID answers exactly 20 bytes (VIRTIO_BLK_ID_BYTES).
     public static let idBytes = 20
     /// Data segments one request may carry. Linux sizes its scatterlists from seg_max; 126 = a

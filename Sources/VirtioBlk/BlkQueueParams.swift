@@ -2,7 +2,10 @@
 /// queue processor, so the hot path reads it from its own memory.
 public struct BlkQueueParams: Sendable {
     public var capacitySectors: UInt64
-    public var blockSize: UInt32
+    /// The logical block size: a power of two from 512 to 4096 (BackingOptions refuses anything else),
+    /// so alignment is checked with masks. Two `div`s per request (20-40 cycles each) were the costliest
+    /// instructions of the request path.
+    public let blockSize: UInt32
     public var readOnly: Bool
     public var flush: Bool
     public var discard: Bool
@@ -16,6 +19,8 @@ public struct BlkQueueParams: Sendable {
 
     public init(capacitySectors: UInt64, blockSize: UInt32, readOnly: Bool, flush: Bool, discard: Bool,
                 writeZeroes: Bool, writeZeroesMayUnmap: Bool, serial: String) {
+        // Configuration, validated long before (BackingOptions), never guest input.
+        precondition(blockSize >= 512 && blockSize & (blockSize - 1) == 0, "block size \(blockSize) is not a power of two ≥ 512")
         self.capacitySectors = capacitySectors
         self.blockSize = blockSize
         self.readOnly = readOnly
@@ -31,9 +36,10 @@ public struct BlkQueueParams: Sendable {
     /// Whether [sector, sector + bytes/512) lies on the disk, aligned to the logical block size.
     @inlinable
     func rangeIsValid(sector: UInt64, bytes: UInt64) -> Bool {
-        let sectorsPerBlock = UInt64(blockSize) / BlkConfig.sectorSize
-        guard bytes % UInt64(blockSize) == 0, sector % sectorsPerBlock == 0 else { return false }
+        let blockMask = UInt64(blockSize) &- 1
+        let sectorsPerBlockMask = blockMask >> BlkConfig.sectorShift
+        guard bytes & blockMask == 0, sector & sectorsPerBlockMask == 0 else { return false }
         guard sector <= capacitySectors else { return false }
-        return bytes / BlkConfig.sectorSize <= capacitySectors - sector
+        return bytes >> BlkConfig.sectorShift <= capacitySectors - sector
     }
 }
