@@ -152,6 +152,8 @@ func readableAfterWritableIsRejected(indirect: Bool) throws {
     let segs = try rig.walk(try rig.popAdded(head)).get()
     #expect(segs == [Seg(host: try #require(rig.map.view.translate(GuestAddress(start), length: 0x100)), length: 0x100, writable: true),
                      Seg(host: try #require(rig.map.view.translate(GuestAddress(1 << 20), length: 1)), length: 0x200, writable: true)])
+    // The status byte of such a chain is the last byte of the second piece.
+    #expect(rig.segments.lastWritableByte == (segs[1].host + 0x1ff).assumingMemoryBound(to: UInt8.self))
     // The device's mapping of the second region is the same memory as the driver's.
     segs[1].host.storeBytes(of: 0x99 as UInt8, as: UInt8.self)
     #expect(rig.arena.regions[1].base.load(as: UInt8.self) == 0x99)
