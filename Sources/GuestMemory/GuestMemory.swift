@@ -61,6 +61,12 @@ public final class GuestRegion: @unchecked Sendable, CustomStringConvertible {
     public let host: UnsafeMutableRawPointer
     private let mapping: MemoryMapping
 
+    /// Inaccessible bytes mapped on each side of every region: a translation bug that lets a request
+    /// run past a region's end then faults at once instead of touching the daemon's own memory (and a
+    /// fuzzer sees it). 2 MiB is twice the largest segment virtio-blk advertises (size_max, 1 MiB), so
+    /// one segment's worth of overrun from either end lands in a guard; it costs address space only.
+    public static let guardBytes = 2 << 20
+
     /// Validates the description and maps it. The fd is only borrowed: the mapping keeps the memory.
     public init(guestStart: UInt64, size: UInt64, frontendStart: UInt64, mmapOffset: UInt64, fd: Int32) throws(GuestMemoryError) {
         let name = "gpa 0x\(String(guestStart, radix: 16))+0x\(String(size, radix: 16))"
@@ -86,7 +92,8 @@ public final class GuestRegion: @unchecked Sendable, CustomStringConvertible {
         var length = size + lead
         if pageSize & (pageSize - 1) == 0 { length = (length + pageSize - 1) & ~(pageSize - 1) }
         do {
-            mapping = try MemoryMapping(fd: fd, offset: alignedOffset, length: Int(length))
+            mapping = try MemoryMapping(fd: fd, offset: alignedOffset, length: Int(length),
+                                        guardBytes: Self.guardBytes, alignment: Int(pageSize))
         } catch {
             throw GuestMemoryError(.mapFailed("\(error)"), region: name)
         }

@@ -9,21 +9,57 @@ import CVhostLinux
 public final class MemoryMapping: @unchecked Sendable {
     public let base: UnsafeMutableRawPointer
     public let length: Int
+    /// What deinit unmaps: `base..<base+length`, or the whole reservation around it when guarded.
+    private let reservation: UnsafeMutableRawPointer
+    private let reservationLength: Int
 
     /// Maps `length` bytes of `fd` at `offset`, shared (the guest and QEMU see our writes).
-    public init(fd: Int32, offset: UInt64, length: Int, writable: Bool = true, populate: Bool = false) throws {
+    ///
+    /// `guardBytes` > 0 puts at least that many inaccessible (PROT_NONE) bytes on each side, so that an
+    /// access that runs off either end faults instead of reaching whatever else is mapped next to it:
+    /// for guest memory, a bug in a bounds check then crashes loudly (and fuzzing sees it) rather than
+    /// reading or writing the daemon's own memory. `alignment` is what the fd needs for the mapping's
+    /// address (the huge page size for hugetlbfs). Costs address space only.
+    public init(fd: Int32, offset: UInt64, length: Int, writable: Bool = true, populate: Bool = false,
+                guardBytes: Int = 0, alignment: Int = 0) throws {
         guard length > 0 else { throw SystemError("mmap", errno: EINVAL, context: "length 0") }
         guard offset <= UInt64(Int64.max) else { throw SystemError("mmap", errno: EINVAL, context: "offset \(offset)") }
         var prot = PROT_READ
         if writable { prot |= PROT_WRITE }
         var flags = MAP_SHARED
         if populate { flags |= MAP_POPULATE }
-        let p = Glibc.mmap(nil, length, prot, flags, fd, off_t(offset))
+        guard guardBytes > 0 else {
+            let p = Glibc.mmap(nil, length, prot, flags, fd, off_t(offset))
+            guard let p, p != MAP_FAILED else {
+                throw SystemError.current("mmap", context: "fd \(fd) offset \(offset) length \(length)")
+            }
+            base = p
+            self.length = length
+            reservation = p
+            reservationLength = length
+            return
+        }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let align = max(alignment, page)
+        guard align & (align - 1) == 0 else { throw SystemError("mmap", errno: EINVAL, context: "alignment \(alignment)") }
+        let guardSize = (guardBytes + page - 1) & ~(page - 1)
+        // Reserve room for the guards plus the worst-case slack of aligning the start, then map the
+        // file over the middle (MAP_FIXED replaces that part of the reservation atomically).
+        let (total, o1) = length.addingReportingOverflow(2 * guardSize + align)
+        guard !o1 else { throw SystemError("mmap", errno: EINVAL, context: "length \(length)") }
+        let r = Glibc.mmap(nil, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        guard let r, r != MAP_FAILED else { throw SystemError.current("mmap", context: "reserve \(total) bytes") }
+        let start = (Int(bitPattern: r) + guardSize + align - 1) & ~(align - 1)
+        let p = Glibc.mmap(UnsafeMutableRawPointer(bitPattern: start), length, prot, flags | MAP_FIXED, fd, off_t(offset))
         guard let p, p != MAP_FAILED else {
-            throw SystemError.current("mmap", context: "fd \(fd) offset \(offset) length \(length)")
+            let e = SystemError.current("mmap", context: "fd \(fd) offset \(offset) length \(length)")
+            munmap(r, total)
+            throw e
         }
         base = p
         self.length = length
+        reservation = r
+        reservationLength = total
     }
 
     /// Anonymous private memory (tests, in-process doubles).
@@ -32,9 +68,11 @@ public final class MemoryMapping: @unchecked Sendable {
         guard let p, p != MAP_FAILED else { throw SystemError.current("mmap", context: "anonymous \(length)") }
         base = p
         self.length = length
+        reservation = p
+        reservationLength = length
     }
 
-    deinit { munmap(base, length) }
+    deinit { munmap(reservation, reservationLength) }
 }
 
 /// memfd_create + ftruncate: the memory QEMU shares with us, and what our test frontend shares.

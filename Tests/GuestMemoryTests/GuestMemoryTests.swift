@@ -223,3 +223,17 @@ func translateBounds(_ c: TranslateCase) throws {
     file.fd.close()
     #expect(r.host.load(fromByteOffset: 7, as: UInt8.self) == 0x42)
 }
+
+@Test func everyRegionIsFencedByGuardPages() throws {
+    let file = try SharedFile(pages: 4)
+    // A region that starts one page into its file: the guard sits below the mapped page boundary.
+    let region = try file.region(gpa: 0x10000, size: 0x2000, offset: 0x1000)
+    var ends: [Int32] = [0, 0]
+    #expect(pipe(&ends) == 0)
+    defer { close(ends[0]); close(ends[1]) }
+    // write(2) from an address fails with EFAULT instead of faulting the test when it is inaccessible.
+    func readable(_ p: UnsafeRawPointer) -> Bool { write(ends[1], p, 1) == 1 }
+    #expect(readable(region.host) && readable(region.host + 0x1fff))
+    #expect(!readable(region.host - 1) && !readable(region.host - GuestRegion.guardBytes))
+    #expect(!readable(region.host + 0x2000) && !readable(region.host + 0x2000 + GuestRegion.guardBytes - 1))
+}

@@ -32,6 +32,32 @@ import VhostSystem
     #expect(a.base.load(fromByteOffset: 4096, as: UInt8.self) == 0x5a)
 }
 
+/// Whether the byte at `p` can be read, asked of the kernel (write(2) from it into a pipe fails with
+/// EFAULT instead of faulting the test process).
+func isReadable(_ p: UnsafeRawPointer) throws -> Bool {
+    var ends: [Int32] = [0, 0]
+    guard pipe(&ends) == 0 else { throw SystemError.current("pipe") }
+    defer { close(ends[0]); close(ends[1]) }
+    if write(ends[1], p, 1) == 1 { return true }
+    #expect(errno == EFAULT)
+    return false
+}
+
+@Test func aGuardedMappingIsFencedByInaccessiblePagesOnBothSides() throws {
+    let size = 3 * 4096, guardBytes = 64 << 10
+    let fd = try makeMemFD(name: "vhost-system-test", size: size)
+    let m = try MemoryMapping(fd: fd.rawValue, offset: 0, length: size, guardBytes: guardBytes, alignment: 1 << 21)
+    #expect(Int(bitPattern: m.base) % (1 << 21) == 0, "the mapping starts at the alignment asked for")
+    #expect(try isReadable(m.base) && isReadable(m.base + (size - 1)))
+    for p in [m.base - 1, m.base - guardBytes, m.base + size, m.base + size + guardBytes - 1] {
+        #expect(try !isReadable(p), "\(p) next to the mapping \(m.base)+\(size) is accessible")
+    }
+    // It is the file's memory, shared like an unguarded mapping of it.
+    let plain = try MemoryMapping(fd: fd.rawValue, offset: 0, length: size)
+    m.base.storeBytes(of: 0x77 as UInt8, toByteOffset: size - 1, as: UInt8.self)
+    #expect(plain.base.load(fromByteOffset: size - 1, as: UInt8.self) == 0x77)
+}
+
 @Test func memoryMappingRejectsZeroLength() throws {
     let fd = try makeMemFD(name: "vhost-system-test", size: 4096)
     #expect(throws: SystemError.self) { try MemoryMapping(fd: fd.rawValue, offset: 0, length: 0) }

@@ -21,9 +21,9 @@
 // log with version 1 in the image is recovered from (resubmissions, a published-but-unmarked batch),
 // and patches rewrite it under a running queue, as a hostile front-end could.
 //
-// Checks beyond "no crash, no hang": the guest region is surrounded by PROT_NONE guard pages, so a
-// read or write just past either end faults (the region is a shared mmap of a memfd, as in
-// production, which ASan does not track); and after the passes, draining (poll(acceptNew: false))
+// Checks beyond "no crash, no hang": the guest region is surrounded by PROT_NONE guard pages (as every
+// GuestRegion is), so a read or write past either end faults (the region is a shared mmap of a
+// memfd, as in production, which ASan does not track); and after the passes, draining (poll(acceptNew: false))
 // completes every request in flight within a bounded number of passes.
 #if canImport(Glibc)
 import Glibc
@@ -39,44 +39,19 @@ let regionBytes = 1 << 20
 /// 32 KiB: a 1024-entry queue's rings end at 26 KiB (16 KiB table, 2 KiB avail, 8 KiB used).
 let inflightAt = 0x8000
 let diskBytes: UInt64 = 64 << 10
-let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 
-/// The guest region, mapped once for the process and cleared before each input, and whether both
-/// pages around it are PROT_NONE guards.
-let guest: (map: GuestMemoryMap, host: UnsafeMutableRawPointer, guarded: Bool) = {
-    // GuestRegion maps the memfd itself, wherever the kernel puts it (no placement hint), so guard
-    // pages can only be added after the fact, at the exact addresses either side, when those pages
-    // are free. On this kernel (6.18) they usually are not: shared mappings are aligned and packed
-    // against their neighbours. Try a few layouts (keeping failed attempts mapped so the next lands
-    // elsewhere) and otherwise run unguarded, saying so: a stray access then hits whatever is mapped
-    // next to the region instead of faulting. (An exact fix needs GuestRegion to accept a placement;
-    // see README.md.)
-    var discarded: [GuestRegion] = []
-    for _ in 0..<8 {
-        do {
-            let fd = try makeMemFD(name: "fuzz-blk-guest", size: regionBytes)
-            let region = try GuestRegion(guestStart: 0, size: UInt64(regionBytes), frontendStart: 0x7f00_0000_0000,
-                                         mmapOffset: 0, fd: fd.rawValue)
-            if guardPage(at: region.host + regionBytes) && guardPage(at: region.host - pageSize) {
-                return (try GuestMemoryMap(regions: [region]), region.host, true)
-            }
-            discarded.append(region)
-        } catch {
-            fatalError("guest memory: \(error)")
-        }
+/// The guest region, mapped once for the process and cleared before each input. GuestRegion maps every
+/// region between PROT_NONE guards (GuestRegion.guardBytes each side), as in production.
+let guest: (map: GuestMemoryMap, host: UnsafeMutableRawPointer) = {
+    do {
+        let fd = try makeMemFD(name: "fuzz-blk-guest", size: regionBytes)
+        let region = try GuestRegion(guestStart: 0, size: UInt64(regionBytes), frontendStart: 0x7f00_0000_0000,
+                                     mmapOffset: 0, fd: fd.rawValue)
+        return (try GuestMemoryMap(regions: [region]), region.host)
+    } catch {
+        fatalError("guest memory: \(error)")
     }
-    let last = discarded.removeLast()
-    fputs("fuzz-blkqueue: WARNING: no guard pages around the guest region (neighbouring pages taken)\n", stderr)
-    do { return (try GuestMemoryMap(regions: [last]), last.host, false) } catch { fatalError("guest memory: \(error)") }
 }()
-
-/// Maps one inaccessible page exactly at `address`, or reports that the address was taken.
-func guardPage(at address: UnsafeMutableRawPointer) -> Bool {
-    guard let p = mmap(address, pageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else { return false }
-    if p == address { return true }
-    munmap(p, pageSize)
-    return false
-}
 
 @inline(never)
 func runQueue(_ input: inout ByteReader) {
