@@ -114,7 +114,7 @@ public final class AioEngine: BlockEngine, @unchecked Sendable {
         switch request.operation {
         case .read, .write, .writeDurable:
             let isWrite = request.operation.isWrite
-            guard request.iovecCount >= 0, request.iovecs != nil || request.iovecCount == 0 else {
+            guard request.hasValidIovecs else {
                 result = -EINVAL
                 break
             }
@@ -122,15 +122,7 @@ public final class AioEngine: BlockEngine, @unchecked Sendable {
                 prepare(request, isWrite: isWrite)
                 return
             }
-            if isWrite {
-                var source: IovecCursor? = IovecCursor(request.iovecs, count: request.iovecCount)
-                result = sync.write(offset: request.offset, length: request.length, source: &source)
-                // The bounce path writes with pwrite: make a durable write durable the plain way.
-                if result == 0 && request.operation == .writeDurable { result = SyncFileIO.flush(fd: fd) }
-            } else {
-                result = sync.read(offset: request.offset, length: request.length,
-                                   iovecs: request.iovecs, count: request.iovecCount)
-            }
+            result = sync.transfer(request)
         case .flush:
             result = SyncFileIO.flush(fd: fd)
         case .discard:

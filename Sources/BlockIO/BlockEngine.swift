@@ -42,6 +42,14 @@ public struct BlockRequest {
     }
 }
 
+extension BlockRequest {
+    /// Whether the kernel engines may hand the iovec list to the kernel (or to the bounce path): a
+    /// negative count, or a count with no list, is the caller's bug, answered with -EINVAL rather than
+    /// letting anything read wild memory.
+    @inline(__always)
+    var hasValidIovecs: Bool { iovecCount >= 0 && (iovecs != nil || iovecCount == 0) }
+}
+
 /// A finished request.
 public struct BlockCompletion: Equatable {
     public var tag: UInt32

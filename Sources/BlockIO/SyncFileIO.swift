@@ -110,6 +110,17 @@ struct SyncFileIO: ~Copyable {
         return misaligned != 0
     }
 
+    /// Does a read or write that `needsBounce` now, through the bounce buffer.
+    func transfer(_ request: BlockRequest) -> Int32 {
+        guard request.operation.isWrite else {
+            return read(offset: request.offset, length: request.length, iovecs: request.iovecs, count: request.iovecCount)
+        }
+        var source: IovecCursor? = IovecCursor(request.iovecs, count: request.iovecCount)
+        let r = write(offset: request.offset, length: request.length, source: &source)
+        // The bounce path writes with pwrite: make a durable write durable the plain way.
+        return r == 0 && request.operation == .writeDurable ? Self.flush(fd: fd) : r
+    }
+
     /// Reads through the bounce buffer, one chunk at a time: each window is widened to the aligned
     /// blocks around the wanted bytes, read whole, and the wanted part copied to the iovecs.
     func read(offset: UInt64, length: UInt64, iovecs: UnsafeMutablePointer<iovec>?, count: Int32) -> Int32 {

@@ -257,7 +257,7 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
         switch request.operation {
         case .read, .write, .writeDurable:
             let isWrite = request.operation.isWrite
-            guard request.iovecCount >= 0, request.iovecs != nil || request.iovecCount == 0 else {
+            guard request.hasValidIovecs else {
                 result = -EINVAL
                 break
             }
@@ -268,15 +268,7 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
                                          request.offset, flags, UInt64(slot)))
                 return
             }
-            if isWrite {
-                var source: IovecCursor? = IovecCursor(request.iovecs, count: request.iovecCount)
-                result = sync.write(offset: request.offset, length: request.length, source: &source)
-                // The bounce path writes with pwrite: make a durable write durable the plain way.
-                if result == 0 && request.operation == .writeDurable { result = SyncFileIO.flush(fd: sync.fd) }
-            } else {
-                result = sync.read(offset: request.offset, length: request.length,
-                                   iovecs: request.iovecs, count: request.iovecCount)
-            }
+            result = sync.transfer(request)
         case .flush:
             queued(cvh_uring_prep_fdatasync(ring, UInt64(takeSlot(request))))
             return
