@@ -30,9 +30,7 @@ import VhostSystem
 /// Used by one thread at a time (its worker); `@unchecked Sendable` only so it can be handed to it.
 public final class AioEngine: BlockEngine, @unchecked Sendable {
     public let capacity: Int
-    // @exclusivity(unchecked): an engine is used by one thread (its queue's worker), so Swift's dynamic
-    // exclusivity checks on these per-request fields can never fire (bench/HotPath measured their cost).
-    @exclusivity(unchecked) public private(set) var inFlight = 0
+    public var inFlight: Int { slots.inFlight }
     public var completionEventFD: Int32? { eventFD }
 
     /// Keeps the backing fd open for as long as this engine may use it.
@@ -41,22 +39,17 @@ public final class AioEngine: BlockEngine, @unchecked Sendable {
     private let eventFDOwner: EventFD
     private let eventFD: Int32
     private let context: io_context_t
-    /// `capacity` control blocks, one per slot; a slot is taken at enqueue and freed at reap.
+    // @exclusivity(unchecked): an engine is used by one thread (its queue's worker), so Swift's dynamic
+    // exclusivity checks on its per-request fields can never fire (bench/HotPath measured their cost).
+    @exclusivity(unchecked) private var slots: SlotTable
+    /// `capacity` control blocks, one per slot of `slots`.
     private let iocbs: UnsafeMutablePointer<iocb>
-    private let slotTags: UnsafeMutablePointer<UInt32>
-    private let slotLengths: UnsafeMutablePointer<UInt64>
-    /// Stack of free slot numbers.
-    private let freeSlots: UnsafeMutablePointer<Int32>
-    @exclusivity(unchecked) private var freeCount: Int
     /// Prepared but not yet accepted by io_submit, in enqueue order.
     private let pending: UnsafeMutablePointer<UnsafeMutablePointer<iocb>?>
     @exclusivity(unchecked) private var pendingCount = 0
     private let events: UnsafeMutablePointer<io_event>
     /// Accepted by the kernel and not yet reaped.
     @exclusivity(unchecked) private var kernelInFlight = 0
-    @exclusivity(unchecked) private var immediate: CompletionRing
-    /// Immediate completions were added since the eventfd was last signalled for them.
-    @exclusivity(unchecked) private var immediateUnsignalled = false
     private let sync: SyncFileIO
 
     public init(store: BackingStore, depth: Int) throws(BlockIOError) {
@@ -78,48 +71,36 @@ public final class AioEngine: BlockEngine, @unchecked Sendable {
         self.eventFDOwner = eventFD
         self.eventFD = eventFD.rawValue
         self.context = context
+        slots = SlotTable(capacity: depth)
         iocbs = .allocate(capacity: depth)
         iocbs.initialize(repeating: iocb(), count: depth)
-        slotTags = .allocate(capacity: depth)
-        slotTags.initialize(repeating: 0, count: depth)
-        slotLengths = .allocate(capacity: depth)
-        slotLengths.initialize(repeating: 0, count: depth)
-        freeSlots = .allocate(capacity: depth)
-        for i in 0..<depth { (freeSlots + i).initialize(to: Int32(depth - 1 - i)) }
-        freeCount = depth
         pending = .allocate(capacity: depth)
         pending.initialize(repeating: nil, count: depth)
         events = .allocate(capacity: depth)
         events.initialize(repeating: io_event(), count: depth)
-        immediate = CompletionRing(capacity: depth)
     }
 
     deinit {
         // io_destroy waits for the requests still in flight, so the kernel is done with the iocbs
         // (and the caller's buffers) before they are freed.
         _ = io_destroy(context)
+        slots.deallocate()
         iocbs.deallocate()
-        slotTags.deallocate()
-        slotLengths.deallocate()
-        freeSlots.deallocate()
         pending.deallocate()
         events.deallocate()
-        immediate.deallocate()
     }
 
     public func enqueue(_ request: BlockRequest) {
-        precondition(inFlight < capacity, "AioEngine: more requests enqueued than its capacity")
-        inFlight &+= 1
+        precondition(slots.hasRoom, "AioEngine: more requests enqueued than its capacity")
         var result: Int32
         switch request.operation {
         case .read, .write, .writeDurable:
-            let isWrite = request.operation.isWrite
             guard request.hasValidIovecs else {
                 result = -EINVAL
                 break
             }
             if !sync.needsBounce(request) {
-                prepare(request, isWrite: isWrite)
+                prepare(request)
                 return
             }
             result = sync.transfer(request)
@@ -132,27 +113,18 @@ public final class AioEngine: BlockEngine, @unchecked Sendable {
         case .writeZeroesUnmap:
             result = sync.writeZeroes(offset: request.offset, length: request.length, unmap: true)
         }
-        completeImmediately(tag: request.tag, result: result)
+        slots.complete(tag: request.tag, result: result)
     }
 
     /// Fills a free slot's iocb and queues it for the next io_submit.
     @inline(__always)
-    private func prepare(_ request: BlockRequest, isWrite: Bool) {
-        freeCount &-= 1
-        let slot = Int(freeSlots[freeCount])
-        cvh_bio_prep_rw(iocbs + slot, isWrite ? 1 : 0, fd, request.iovecs, request.iovecCount,
-                        request.offset, eventFD, UInt64(slot))
+    private func prepare(_ request: BlockRequest) {
+        let slot = slots.take(tag: request.tag, length: request.length)
+        cvh_bio_prep_rw(iocbs + slot, request.operation.isWrite ? 1 : 0, fd, request.iovecs,
+                        request.iovecCount, request.offset, eventFD, UInt64(slot))
         if request.operation == .writeDurable { cvh_bio_set_dsync(iocbs + slot) }
-        slotTags[slot] = request.tag
-        slotLengths[slot] = request.length
         pending[pendingCount] = iocbs + slot
         pendingCount &+= 1
-    }
-
-    @inline(__always)
-    private func completeImmediately(tag: UInt32, result: Int32) {
-        immediate.push(BlockCompletion(tag: tag, result: result))
-        immediateUnsignalled = true
     }
 
     /// One io_submit for everything prepared since the last call. io_submit may take only a prefix:
@@ -165,10 +137,7 @@ public final class AioEngine: BlockEngine, @unchecked Sendable {
     /// later (so it comes back and calls `submit()` again).
     public func submit() {
         if pendingCount > 0 { submitPending() }
-        if immediateUnsignalled {
-            immediateUnsignalled = false
-            signalEventFD(eventFD)
-        }
+        slots.signalIfWanted(eventFD)
     }
 
     private func submitPending() {
@@ -184,28 +153,21 @@ public final class AioEngine: BlockEngine, @unchecked Sendable {
             if n == 0 || n == -Int(EAGAIN) || n == -Int(EINTR) { break }
             let slot = pending[start]! - iocbs
             start += 1
-            releaseSlot(slot)
-            completeImmediately(tag: slotTags[slot], result: Int32(truncatingIfNeeded: n))
+            slots.refuse(slot, result: Int32(truncatingIfNeeded: n))
         }
         if start < count {
             // Keep the refused tail, in order, at the front of the queue.
             for i in 0..<(count - start) { pending[i] = pending[start + i] }
-            if kernelInFlight == 0 { immediateUnsignalled = true }
+            if kernelInFlight == 0 { slots.wantSignal() }
         }
         pendingCount = count - start
-    }
-
-    @inline(__always)
-    private func releaseSlot(_ slot: Int) {
-        freeSlots[freeCount] = Int32(truncatingIfNeeded: slot)
-        freeCount &+= 1
     }
 
     /// Immediate completions first, then whatever the kernel has finished: io_getevents with a zero
     /// timeout, which libaio answers from the shared completion ring without a system call when
     /// the ring is empty.
     public func reap(into buffer: UnsafeMutableBufferPointer<BlockCompletion>) -> Int {
-        var n = immediate.drain(into: buffer, from: 0)
+        var n = slots.drain(into: buffer)
         if n < buffer.count && kernelInFlight > 0, let out = buffer.baseAddress {
             var noWait = timespec(tv_sec: 0, tv_nsec: 0)
             let got = Int(io_getevents(context, 0, min(buffer.count - n, capacity), events, &noWait))
@@ -214,25 +176,19 @@ public final class AioEngine: BlockEngine, @unchecked Sendable {
             if got > 0 {
                 // Locals: stores through `out` might alias this object's fields as far as the compiler
                 // knows, which would force every field access in the loop back to memory.
-                let events = self.events, tags = slotTags, lengths = slotLengths, free = freeSlots
-                var freeCount = self.freeCount
+                let events = self.events
+                var slots = self.slots
                 for i in 0..<got {
                     let event = events + i
                     let slot = Int(truncatingIfNeeded: cvh_bio_event_data(event))
-                    let res = cvh_bio_event_res(event)
-                    let result: Int32 = res < 0
-                        ? Int32(truncatingIfNeeded: res)
-                        : (UInt64(res) == lengths[slot] ? 0 : -EIO)
-                    out[n] = BlockCompletion(tag: tags[slot], result: result)
+                    let result = slots.transferResult(of: slot, res: cvh_bio_event_res(event))
+                    out[n] = slots.finish(slot, result: result)
                     n &+= 1
-                    free[freeCount] = Int32(truncatingIfNeeded: slot)
-                    freeCount &+= 1
                 }
-                self.freeCount = freeCount
+                self.slots.endReap(slots)
                 kernelInFlight -= got
             }
         }
-        inFlight &-= n
         return n
     }
 }

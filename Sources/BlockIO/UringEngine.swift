@@ -61,9 +61,7 @@ public struct UringOptions: Sendable, Equatable {
 /// Used by one thread at a time (its worker); `@unchecked Sendable` only so it can be handed to it.
 public final class UringEngine: BlockEngine, @unchecked Sendable {
     public let capacity: Int
-    // @exclusivity(unchecked): an engine is used by one thread (its queue's worker), so Swift's dynamic
-    // exclusivity checks on these per-request fields can never fire (bench/HotPath measured their cost).
-    @exclusivity(unchecked) public private(set) var inFlight = 0
+    public var inFlight: Int { slots.inFlight }
     public var completionEventFD: Int32? { eventFD }
     public let options: UringOptions
 
@@ -75,15 +73,13 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
     private let eventFD: Int32
     /// liburing's ring, opaque here (see cvhost_uring.h).
     private let ring: OpaquePointer
-    private let slotTags: UnsafeMutablePointer<UInt32>
-    private let slotLengths: UnsafeMutablePointer<UInt64>
-    /// The operation (a `BlockOperation` raw value) and offset of each slot: how to read its result,
-    /// and what a write-zeroes fallback needs.
+    // @exclusivity(unchecked): an engine is used by one thread (its queue's worker), so Swift's dynamic
+    // exclusivity checks on its per-request fields can never fire (bench/HotPath measured their cost).
+    @exclusivity(unchecked) private var slots: SlotTable
+    /// The operation (a `BlockOperation` raw value) and offset of each slot of `slots`: how to read
+    /// its result, and what a write-zeroes fallback needs.
     private let slotOperations: UnsafeMutablePointer<UInt8>
     private let slotOffsets: UnsafeMutablePointer<UInt64>
-    /// Stack of free slot numbers.
-    private let freeSlots: UnsafeMutablePointer<Int32>
-    @exclusivity(unchecked) private var freeCount: Int
     /// Completions copied out of the completion ring, one reap at a time.
     private let reapedData: UnsafeMutablePointer<UInt64>
     private let reapedResults: UnsafeMutablePointer<Int32>
@@ -94,9 +90,6 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
     /// Set when io_uring_enter failed in a way that will not pass: the negative errno every request
     /// gets from then on. 0 while the ring works.
     @exclusivity(unchecked) private var failure: Int32 = 0
-    @exclusivity(unchecked) private var immediate: CompletionRing
-    /// Immediate completions were added since the eventfd was last signalled for them.
-    @exclusivity(unchecked) private var immediateUnsignalled = false
     private let sync: SyncFileIO
 
     public convenience init(store: BackingStore, depth: Int) throws(BlockIOError) {
@@ -117,22 +110,15 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
         eventFDOwner = eventFD
         self.eventFD = eventFD.rawValue
         self.ring = ring
-        slotTags = .allocate(capacity: depth)
-        slotTags.initialize(repeating: 0, count: depth)
-        slotLengths = .allocate(capacity: depth)
-        slotLengths.initialize(repeating: 0, count: depth)
+        slots = SlotTable(capacity: depth)
         slotOperations = .allocate(capacity: depth)
         slotOperations.initialize(repeating: 0, count: depth)
         slotOffsets = .allocate(capacity: depth)
         slotOffsets.initialize(repeating: 0, count: depth)
-        freeSlots = .allocate(capacity: depth)
-        for i in 0..<depth { (freeSlots + i).initialize(to: Int32(depth - 1 - i)) }
-        freeCount = depth
         reapedData = .allocate(capacity: depth)
         reapedData.initialize(repeating: 0, count: depth)
         reapedResults = .allocate(capacity: depth)
         reapedResults.initialize(repeating: 0, count: depth)
-        immediate = CompletionRing(capacity: depth)
     }
 
     deinit {
@@ -142,14 +128,11 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
         // callers that did not.
         while kernelInFlight > 0 && cvh_uring_wait_one(ring) == 0 { kernelInFlight -= 1 }
         cvh_uring_destroy(ring)
-        slotTags.deallocate()
-        slotLengths.deallocate()
+        slots.deallocate()
         slotOperations.deallocate()
         slotOffsets.deallocate()
-        freeSlots.deallocate()
         reapedData.deallocate()
         reapedResults.deallocate()
-        immediate.deallocate()
     }
 
     // MARK: set-up and the start-up probe
@@ -247,10 +230,9 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
     // MARK: the per-request path
 
     public func enqueue(_ request: BlockRequest) {
-        precondition(inFlight < capacity, "UringEngine: more requests enqueued than its capacity")
-        inFlight &+= 1
+        precondition(slots.hasRoom, "UringEngine: more requests enqueued than its capacity")
         if failure != 0 {
-            completeImmediately(tag: request.tag, result: failure)
+            slots.complete(tag: request.tag, result: failure)
             return
         }
         var result: Int32
@@ -288,16 +270,13 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
                 return
             }
         }
-        completeImmediately(tag: request.tag, result: result)
+        slots.complete(tag: request.tag, result: result)
     }
 
     /// Takes a free slot and records what reaping its completion needs.
     @inline(__always)
     private func takeSlot(_ request: BlockRequest) -> Int {
-        freeCount &-= 1
-        let slot = Int(freeSlots[freeCount])
-        slotTags[slot] = request.tag
-        slotLengths[slot] = request.length
+        let slot = slots.take(tag: request.tag, length: request.length)
         slotOperations[slot] = request.operation.rawValue
         slotOffsets[slot] = request.offset
         return slot
@@ -318,18 +297,6 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
                                         UInt64(slot)))
     }
 
-    @inline(__always)
-    private func completeImmediately(tag: UInt32, result: Int32) {
-        immediate.push(BlockCompletion(tag: tag, result: result))
-        immediateUnsignalled = true
-    }
-
-    @inline(__always)
-    private func releaseSlot(_ slot: Int) {
-        freeSlots[freeCount] = Int32(truncatingIfNeeded: slot)
-        freeCount &+= 1
-    }
-
     /// One io_uring_enter for everything enqueued since the last call (under SQ polling, none while
     /// the kernel's thread is awake: liburing enters only to wake it).
     ///
@@ -338,10 +305,7 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
     /// worker later (so it comes back and calls `submit()` again).
     public func submit() {
         if unsubmitted > 0 && failure == 0 { submitPending() }
-        if immediateUnsignalled {
-            immediateUnsignalled = false
-            signalEventFD(eventFD)
-        }
+        slots.signalIfWanted(eventFD)
     }
 
     private func submitPending() {
@@ -356,7 +320,7 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
             failRing(Int32(truncatingIfNeeded: r))
             return
         }
-        if unsubmitted > 0 && kernelInFlight == 0 { immediateUnsignalled = true }
+        if unsubmitted > 0 && kernelInFlight == 0 { slots.wantSignal() }
     }
 
     /// The ring refused work for good: complete what it did not take with `error`, and every later
@@ -365,9 +329,7 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
         failure = error
         let n = Int(cvh_uring_unconsumed(ring, reapedData, UInt32(capacity)))
         for i in 0..<n {
-            let slot = Int(truncatingIfNeeded: reapedData[i])
-            releaseSlot(slot)
-            completeImmediately(tag: slotTags[slot], result: error)
+            slots.refuse(Int(truncatingIfNeeded: reapedData[i]), result: error)
         }
         unsubmitted = 0
     }
@@ -375,36 +337,31 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
     /// Immediate completions first, then whatever the kernel has posted to the completion ring (no
     /// system call).
     public func reap(into buffer: UnsafeMutableBufferPointer<BlockCompletion>) -> Int {
-        var n = immediate.drain(into: buffer, from: 0)
+        var n = slots.drain(into: buffer)
         if n < buffer.count && kernelInFlight > 0, let out = buffer.baseAddress {
             let got = Int(cvh_uring_reap(ring, reapedData, reapedResults, UInt32(min(buffer.count - n, capacity))))
             if got > 0 {
                 // Locals: stores through `out` might alias this object's fields as far as the compiler
                 // knows, which would force every field access in the loop back to memory.
-                let data = reapedData, results = reapedResults, tags = slotTags, lengths = slotLengths
-                let operations = slotOperations, free = freeSlots
-                var freeCount = self.freeCount
+                let data = reapedData, results = reapedResults, operations = slotOperations
+                var slots = self.slots
                 for i in 0..<got {
                     let slot = Int(truncatingIfNeeded: data[i])
                     let res = results[i]
                     let operation = operations[slot]
                     var result = res
                     if operation == Self.opRead || operation == Self.opWrite || operation == Self.opWriteDurable {
-                        // Reads and writes: the byte count, or an errno.
-                        if res >= 0 { result = UInt64(res) == lengths[slot] ? 0 : -EIO }
+                        result = slots.transferResult(of: slot, res: Int64(res))
                     } else if res == -EOPNOTSUPP {
-                        result = fallback(slot)
+                        result = fallback(slot, length: slots.length(of: slot))
                     }
-                    out[n] = BlockCompletion(tag: tags[slot], result: result)
+                    out[n] = slots.finish(slot, result: result)
                     n &+= 1
-                    free[freeCount] = Int32(truncatingIfNeeded: slot)
-                    freeCount &+= 1
                 }
-                self.freeCount = freeCount
+                self.slots.endReap(slots)
                 kernelInFlight -= got
             }
         }
-        inFlight &-= n
         return n
     }
 
@@ -414,10 +371,10 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
 
     /// A zeroing fallocate mode the filesystem does not have (tmpfs has no ZERO_RANGE): the aio
     /// engine's synchronous chain of fallbacks, which ends in writing zeros. Discard has no fallback.
-    private func fallback(_ slot: Int) -> Int32 {
+    private func fallback(_ slot: Int, length: UInt64) -> Int32 {
         guard let operation = BlockOperation(rawValue: slotOperations[slot]),
               operation == .writeZeroes || operation == .writeZeroesUnmap else { return -EOPNOTSUPP }
-        return sync.writeZeroes(offset: slotOffsets[slot], length: slotLengths[slot], unmap: operation == .writeZeroesUnmap)
+        return sync.writeZeroes(offset: slotOffsets[slot], length: length, unmap: operation == .writeZeroesUnmap)
     }
 }
 
