@@ -14,7 +14,9 @@ public enum BlockOperation: UInt8, Sendable {
     case writeDurable
 
     /// Whether the operation stores data the caller provides.
-    @inlinable public var isWrite: Bool { self == .write || self == .writeDurable }
+    // @inline(__always): left to itself the optimiser kept it out of line, a call per request in both
+    // kernel engines (9 instructions a request for aio, 13 for io_uring: bench/HotPath).
+    @inlinable @inline(__always) public var isWrite: Bool { self == .write || self == .writeDurable }
 }
 
 /// One request. Plain value, no references: nothing to retain on the hot path.
