@@ -20,11 +20,14 @@ shift || true
 targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=(fuzz-request fuzz-session fuzz-blkqueue)
 
-# Every module, the root package's included, is built with coverage instrumentation and ASan.
+# Every module, the root package's included, is built with coverage instrumentation and ASan: the
+# Swift ones through -sanitize, the C shim (CVhostLinux: eventfd, memfd, aio and io_uring calls) through
+# -Xcc, since -Xswiftc flags never reach clang. fuzzer-no-link: libFuzzer's main is linked once, by swiftc.
 # lld instead of the default gold: gold fails on the sanitizer runtimes with an internal error.
 build_start=$SECONDS
 swift build -c release \
     -Xswiftc -sanitize=fuzzer,address \
+    -Xcc -fsanitize=fuzzer-no-link,address \
     -Xswiftc -Xclang-linker -Xswiftc -fuse-ld=lld
 echo "build: $((SECONDS - build_start)) s"
 
