@@ -6,24 +6,70 @@ import VhostSystem
 import VhostUserProtocol
 import VhostUserTesting
 
-/// Reserves `count` more huge pages of `kib` KiB for the duration of a test and gives them back:
-/// the pool is machine-wide, so the suite below is serialized and restores the old value.
+/// Reserves `count` more huge pages of `kib` KiB for the duration of a test and gives them back.
+///
+/// The pool is machine-wide, so the reservation holds an exclusive flock on /sys/kernel/mm/hugepages
+/// from before it reads the pool until after it has restored it: `.serialized` below orders this
+/// suite's tests within one test process only, and another test process on the same machine (a
+/// sanitizer run, a second checkout's suite) resizing the pool at the same time would read a size
+/// that includes our pages, and restore it after we restored ours (pages left allocated), or take
+/// the pages our mapping was about to reserve.
 final class HugePageReservation {
-    let path: String
+    let directory: String
     let previous: Int
+    private let lock: FileDescriptor
+
+    /// Growing the pool is best effort in the kernel: it allocates what it can and stops. A 2 MiB page
+    /// needs 2 MiB of contiguous free memory and a 1 GiB page a whole free, migratable gigabyte, which
+    /// can be missing for a moment (memory fragmented, pages pinned by other tests' direct I/O). So a
+    /// short pool is compacted and asked again, a bounded number of times.
+    static let attempts = 8
 
     init(pageKiB kib: Int, count: Int) throws {
-        path = "/sys/kernel/mm/hugepages/hugepages-\(kib)kB/nr_hugepages"
-        previous = try Self.read(path)
-        try Self.write(path, previous + count)
-        let free = try Self.read("/sys/kernel/mm/hugepages/hugepages-\(kib)kB/free_hugepages")
-        guard free >= count else {
-            try? Self.write(path, previous)
-            throw IntegrationFailure(description: "could not reserve \(count) huge pages of \(kib) KiB (free: \(free))")
+        let lock = try FileDescriptor.open("/sys/kernel/mm/hugepages", flags: O_RDONLY | O_DIRECTORY)
+        // Bounded, like every wait in these tests: a process that hangs holding the lock fails this
+        // test instead of hanging it too.
+        let deadline = Deadline(milliseconds: 120_000)
+        while flock(lock.rawValue, LOCK_EX | LOCK_NB) != 0 {
+            guard errno == EWOULDBLOCK || errno == EINTR else { throw SystemError.current("flock", context: "/sys/kernel/mm/hugepages") }
+            guard !deadline.expired else {
+                throw IntegrationFailure(description: "another process held the huge page pool's lock (/sys/kernel/mm/hugepages) for 120 s")
+            }
+            usleep(10_000)
+        }
+        self.lock = lock
+        let directory = "/sys/kernel/mm/hugepages/hugepages-\(kib)kB"
+        self.directory = directory
+        let previous = try Self.read(directory + "/nr_hugepages")
+        self.previous = previous
+        var target = previous + count
+        var attempt = 1
+        while true {
+            try Self.write(directory + "/nr_hugepages", target)
+            let total = try Self.read(directory + "/nr_hugepages")
+            // Free pages that a mapping has reserved but not touched yet are still counted free:
+            // only free − reserved can back our mappings.
+            let free = try Self.read(directory + "/free_hugepages")
+            let reserved = try Self.read(directory + "/resv_hugepages")
+            if free - reserved >= count { break }
+            guard attempt < Self.attempts else {
+                // (deinit, which runs for a fully initialized object that throws, restores the pool.)
+                throw IntegrationFailure(description: "could not reserve \(count) huge pages of \(kib) KiB in \(attempt) attempts: pool \(total) of \(target) asked, free \(free), reserved \(reserved)")
+            }
+            // Pages held by someone outside these tests: ask for more instead of waiting for them.
+            if total >= target { target += count - (free - reserved) }
+            Self.compactMemory()
+            usleep(UInt32(attempt) * 50_000)
+            attempt += 1
         }
     }
 
-    deinit { try? Self.write(path, previous) }
+    deinit { try? Self.write(directory + "/nr_hugepages", previous) }
+
+    /// Asks the kernel to defragment free memory (best effort: nothing to do if it cannot).
+    static func compactMemory() {
+        try? write("/proc/sys/vm/compact_memory", 1)
+    }
 
     static func read(_ path: String) throws -> Int {
         guard let f = fopen(path, "r") else { throw SystemError.current("fopen", context: path) }
