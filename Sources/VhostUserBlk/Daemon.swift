@@ -126,7 +126,12 @@ public enum Daemon {
 
     /// The CPUs workers are pinned to: --cpus, else the CPUs of the backing device's NUMA node (when it
     /// has one and libnuma knows it), else every CPU we may run on; queues take them round robin.
+    /// Empty with `--cpus none`: no pinning.
     static func workerCPUs(_ c: DaemonConfiguration, store: BackingStore, logger: Logger) throws -> [Int] {
+        guard c.pinWorkers else {
+            logger.info("queue workers not pinned (--cpus none)")
+            return []
+        }
         let allowed = Set(CPUTopology.allowedCPUs())
         if let cpus = c.cpus {
             let outside = cpus.filter { !allowed.contains($0) }

@@ -28,6 +28,11 @@ public struct DaemonConfiguration: Sendable {
     public var queues: Int = 1
     public var maxQueueSize: UInt16 = 1024
     public var cpus: [Int]? = nil
+    /// false (`--cpus none`): workers are not pinned and the scheduler moves them within the process's
+    /// affinity. On a host whose cores the back-end shares with vCPUs, a worker pinned to one core waits
+    /// whenever a vCPU runs there while the other core may be free (bench/README.md, "Guest fio":
+    /// pinned 0.91x/0.92x qsd's IOPS, unpinned 1.00x/1.13x, with --poll-us 5, TCG guest).
+    public var pinWorkers = true
     public var serial: String? = nil
     /// The longest idle poll before a worker sleeps (the window adapts below it, `PollWindow`); 0 =
     /// never sleep. 50 µs: long enough that a guest issuing requests back to back is served without

@@ -52,7 +52,7 @@ struct VhostUserBlkCommand: ParsableCommand {
     @Option(name: .customLong("queue-size"), help: "Largest virtqueue size accepted (power of two ≤ 1024).")
     var queueSize: Int = 1024
 
-    @Option(help: "CPUs for the queue workers, e.g. 2-3,6 (default: the backing device's NUMA node, else all).")
+    @Option(help: "CPUs for the queue workers, one per queue round robin, e.g. 2-3,6 (default: the backing device's NUMA node, else all); 'none': do not pin, let the scheduler place them (cores shared with vCPUs).")
     var cpus: String?
 
     @Flag(name: .customLong("read-only"), help: "Offer VIRTIO_BLK_F_RO and reject writes.")
@@ -128,7 +128,9 @@ struct VhostUserBlkCommand: ParsableCommand {
             guard let mode = parseOctalMode(m) else { throw ValidationError("--socket-mode: not an octal mode: \(m)") }
             c.socketMode = mode
         }
-        if let list = cpus {
+        if cpus == "none" {
+            c.pinWorkers = false
+        } else if let list = cpus {
             guard let parsed = parseCPUList(list) else { throw ValidationError("--cpus: not a CPU list: \(list)") }
             c.cpus = parsed
         }

@@ -11,7 +11,7 @@ private func uidOf(_ name: String) -> uid_t? { getpwnam(name).map { $0.pointee.p
 private func gidOf(_ name: String) -> gid_t? { getgrnam(name).map { $0.pointee.gr_gid } }
 
 /// /proc/PID/task/TID/status, whole; nil if it cannot be read (the thread is gone).
-private func readStatus(_ statusPath: String) -> String? {
+func readStatus(_ statusPath: String) -> String? {
     guard let fd = try? FileDescriptor.open(statusPath, flags: O_RDONLY) else { return nil }
     var bytes: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 4096)
@@ -25,7 +25,7 @@ private func readStatus(_ statusPath: String) -> String? {
 }
 
 /// The "Uid:", "Gid:", "Groups:" or "CapEff:" line of a status file's text, split into fields.
-private func statusFields(_ status: String, _ key: String, of statusPath: String) throws -> [String] {
+func statusFields(_ status: String, _ key: String, of statusPath: String) throws -> [String] {
     for line in status.split(separator: "\n") where line.hasPrefix(key + ":") {
         return line.dropFirst(key.count + 1).split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
     }
@@ -33,7 +33,7 @@ private func statusFields(_ status: String, _ key: String, of statusPath: String
 }
 
 /// The thread ids of a process (every thread must have dropped, not only the main one).
-private func threadIDs(_ pid: pid_t) -> [String] {
+func threadIDs(_ pid: pid_t) -> [String] {
     guard let dir = opendir("/proc/\(pid)/task") else { return [] }
     defer { closedir(dir) }
     var ids: [String] = []

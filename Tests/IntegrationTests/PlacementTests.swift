@@ -1,0 +1,46 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Testing
+import VhostSystem
+import VhostUserTesting
+
+/// Where queue workers may run: pinned one per CPU from `--cpus LIST` (dedicated cores), or left to the
+/// scheduler with `--cpus none` (cores shared with vCPUs).
+@Suite("Worker CPU placement")
+struct PlacementTests {
+    /// The Cpus_allowed_list of the daemon's thread named `name` (after a session started its workers).
+    static func allowedCPUs(of daemon: TestDaemon, thread name: String) throws -> String {
+        let pid = daemon.process.pid
+        for t in threadIDs(pid) {
+            let path = "/proc/\(pid)/task/\(t)/status"
+            guard let status = readStatus(path), try statusFields(status, "Name", of: path) == [name] else { continue }
+            return try statusFields(status, "Cpus_allowed_list", of: path).joined()
+        }
+        throw IntegrationFailure(description: "no thread \(name) in the daemon\n\(daemon.context())")
+    }
+
+    @Test("--cpus LIST pins each queue's worker to one CPU of it; --cpus none pins none")
+    func pinnedOrFloating() throws {
+        let cpus = CPUTopology.allowedCPUs()
+        let last = try #require(cpus.last)
+        let pinned = try TestDaemon.file(engine: "aio", queues: 2, extra: ["--cpus", String(last)])
+        let s = try pinned.session(queues: 2)
+        try pinned.run(s.frontend) { () throws in
+            #expect(try Self.allowedCPUs(of: pinned, thread: "vq0") == String(last))
+            #expect(try Self.allowedCPUs(of: pinned, thread: "vq1") == String(last))
+        }
+
+        let floating = try TestDaemon.file(engine: "aio", queues: 2, extra: ["--cpus", "none"])
+        let f = try floating.session(queues: 2)
+        try floating.run(f.frontend) { () throws in
+            // The process's own affinity, which the workers inherit unchanged.
+            let main = try Self.allowedCPUs(of: floating, thread: "vhost-user-blk")
+            #expect(try Self.allowedCPUs(of: floating, thread: "vq0") == main)
+            #expect(try Self.allowedCPUs(of: floating, thread: "vq1") == main)
+            if cpus.count > 1 { #expect(main != String(last), "the test needs a process allowed more than one CPU") }
+            #expect(try writeReadVerify(f.driver, sector: 0, sectors: 8, seed: 77) == nil)
+            #expect(floating.process.stderr.contains("not pinned"))
+        }
+    }
+}
