@@ -9,15 +9,24 @@ import VhostUserTesting
 /// scheduler with `--cpus none` (cores shared with vCPUs).
 @Suite("Worker CPU placement")
 struct PlacementTests {
-    /// The Cpus_allowed_list of the daemon's thread named `name` (after a session started its workers).
-    static func allowedCPUs(of daemon: TestDaemon, thread name: String) throws -> String {
+    /// The Cpus_allowed_list of the daemon's thread named `name`, once it equals `expected` (or at the
+    /// 10 s deadline, whatever it is then). A worker names and pins itself when it first runs, which on
+    /// a loaded machine can be well after the session that created it has started.
+    static func allowedCPUs(of daemon: TestDaemon, thread name: String, expecting expected: String? = nil) throws -> String {
         let pid = daemon.process.pid
-        for t in threadIDs(pid) {
-            let path = "/proc/\(pid)/task/\(t)/status"
-            guard let status = readStatus(path), try statusFields(status, "Name", of: path) == [name] else { continue }
-            return try statusFields(status, "Cpus_allowed_list", of: path).joined()
-        }
-        throw IntegrationFailure(description: "no thread \(name) in the daemon\n\(daemon.context())")
+        let deadline = Deadline(milliseconds: 10_000)
+        var last: String?
+        repeat {
+            for t in threadIDs(pid) {
+                let path = "/proc/\(pid)/task/\(t)/status"
+                guard let status = readStatus(path), try statusFields(status, "Name", of: path) == [name] else { continue }
+                last = try statusFields(status, "Cpus_allowed_list", of: path).joined()
+            }
+            if let last, expected == nil || last == expected { return last }
+            usleep(1_000)
+        } while !deadline.expired
+        guard let last else { throw IntegrationFailure(description: "no thread \(name) in the daemon\n\(daemon.context())") }
+        return last
     }
 
     @Test("--cpus LIST pins each queue's worker to one CPU of it; --cpus none pins none")
@@ -27,8 +36,8 @@ struct PlacementTests {
         let pinned = try TestDaemon.file(engine: "aio", queues: 2, extra: ["--cpus", String(last)])
         let s = try pinned.session(queues: 2)
         try pinned.run(s.frontend) { () throws in
-            #expect(try Self.allowedCPUs(of: pinned, thread: "vq0") == String(last))
-            #expect(try Self.allowedCPUs(of: pinned, thread: "vq1") == String(last))
+            #expect(try Self.allowedCPUs(of: pinned, thread: "vq0", expecting: String(last)) == String(last))
+            #expect(try Self.allowedCPUs(of: pinned, thread: "vq1", expecting: String(last)) == String(last))
         }
 
         let floating = try TestDaemon.file(engine: "aio", queues: 2, extra: ["--cpus", "none"])
@@ -36,8 +45,8 @@ struct PlacementTests {
         try floating.run(f.frontend) { () throws in
             // The process's own affinity, which the workers inherit unchanged.
             let main = try Self.allowedCPUs(of: floating, thread: "vhost-user-blk")
-            #expect(try Self.allowedCPUs(of: floating, thread: "vq0") == main)
-            #expect(try Self.allowedCPUs(of: floating, thread: "vq1") == main)
+            #expect(try Self.allowedCPUs(of: floating, thread: "vq0", expecting: main) == main)
+            #expect(try Self.allowedCPUs(of: floating, thread: "vq1", expecting: main) == main)
             if cpus.count > 1 { #expect(main != String(last), "the test needs a process allowed more than one CPU") }
             #expect(try writeReadVerify(f.driver, sector: 0, sectors: 8, seed: 77) == nil)
             #expect(floating.process.stderr.contains("not pinned"))
