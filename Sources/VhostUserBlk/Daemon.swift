@@ -124,21 +124,21 @@ public enum Daemon {
         signals.join()
     }
 
-    /// The CPUs workers are pinned to: --cpus, else the CPUs of the backing device's NUMA node (when it
-    /// has one and libnuma knows it), else every CPU we may run on; queues take them round robin.
-    /// Empty with `--cpus none`: no pinning.
+    /// The CPUs workers are pinned to (see `WorkerCPUs`); queues take them round robin. Empty: not pinned.
     static func workerCPUs(_ c: DaemonConfiguration, store: BackingStore, logger: Logger) throws -> [Int] {
-        guard c.pinWorkers else {
+        let allowed = Set(CPUTopology.allowedCPUs())
+        switch c.cpus {
+        case .unpinned:
             logger.info("queue workers not pinned (--cpus none)")
             return []
-        }
-        let allowed = Set(CPUTopology.allowedCPUs())
-        if let cpus = c.cpus {
+        case .pinned(let cpus):
             let outside = cpus.filter { !allowed.contains($0) }
             guard outside.isEmpty else {
                 throw DaemonError(argument: "--cpus", "CPU(s) \(outside) are not available to this process (allowed: \(allowed.sorted()))")
             }
             return cpus
+        case .automatic:
+            break
         }
         if let node = store.numaNode, let nodeCPUs = CPUTopology.cpus(ofNUMANode: node) {
             let usable = nodeCPUs.filter { allowed.contains($0) }

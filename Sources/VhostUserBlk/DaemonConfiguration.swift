@@ -27,12 +27,8 @@ public struct DaemonConfiguration: Sendable {
     public var backing: BackingOptions
     public var queues: Int = 1
     public var maxQueueSize: UInt16 = 1024
-    public var cpus: [Int]? = nil
-    /// false (`--cpus none`): workers are not pinned and the scheduler moves them within the process's
-    /// affinity. On a host whose cores the back-end shares with vCPUs, a worker pinned to one core waits
-    /// whenever a vCPU runs there while the other core may be free (bench/README.md, "Guest fio":
-    /// pinned 0.91x/0.92x qsd's IOPS, unpinned 1.00x/1.13x, with --poll-us 5, TCG guest).
-    public var pinWorkers = true
+    /// Where queue workers run (`--cpus`).
+    public var cpus: WorkerCPUs = .automatic
     public var serial: String? = nil
     /// The longest idle poll before a worker sleeps (the window adapts below it, `PollWindow`); 0 =
     /// never sleep. 50 µs: long enough that a guest issuing requests back to back is served without
@@ -147,4 +143,18 @@ public func parseOctalMode(_ text: String) -> mode_t? {
           digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "7") }),
           let v = mode_t(digits, radix: 8), v <= 0o7777 else { return nil }
     return v
+}
+
+/// Where queue workers run.
+public enum WorkerCPUs: Sendable, Equatable {
+    /// Pinned, one queue per CPU round robin, to the backing device's NUMA node's CPUs (when it has
+    /// one and libnuma knows it), else to every CPU the process may use.
+    case automatic
+    /// Pinned, one queue per CPU round robin, to these (`--cpus LIST`): dedicated cores.
+    case pinned([Int])
+    /// Not pinned (`--cpus none`): the scheduler moves workers within the process's affinity. On a
+    /// host whose cores the back-end shares with vCPUs, a worker pinned to one core waits whenever a
+    /// vCPU runs there while another core may be free (bench/README.md, "Pinned or floating workers":
+    /// pinned 0.91x/0.92x qsd's guest IOPS, unpinned 1.00x/1.13x, with --poll-us 5, TCG guest).
+    case unpinned
 }

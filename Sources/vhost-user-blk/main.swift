@@ -129,10 +129,10 @@ struct VhostUserBlkCommand: ParsableCommand {
             c.socketMode = mode
         }
         if cpus == "none" {
-            c.pinWorkers = false
+            c.cpus = .unpinned
         } else if let list = cpus {
             guard let parsed = parseCPUList(list) else { throw ValidationError("--cpus: not a CPU list: \(list)") }
-            c.cpus = parsed
+            c.cpus = .pinned(parsed)
         }
         do {
             try c.validate()
