@@ -69,10 +69,16 @@ enum DeviceProbe {
     // MARK: small file helpers (sysfs files are short text)
 
     static func readInteger(_ path: String) -> Int64? {
+        readTrimmed(path).flatMap { Int64($0) }
+    }
+
+    /// A small file's text without the whitespace around it (sysfs and /proc/sys end in a newline).
+    static func readTrimmed(_ path: String) -> String? {
         guard let text = readSmallFile(path) else { return nil }
         var trimmed = Substring(text)
-        while let last = trimmed.last, last == "\n" || last == " " { trimmed = trimmed.dropLast() }
-        return Int64(trimmed)
+        while let c = trimmed.first, c.isWhitespace { trimmed = trimmed.dropFirst() }
+        while let c = trimmed.last, c.isWhitespace { trimmed = trimmed.dropLast() }
+        return String(trimmed)
     }
 
     static func readSmallFile(_ path: String) -> String? {

@@ -218,14 +218,7 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
     }
 
     /// The trimmed content of /proc/sys/`name`, or nil.
-    static func readSysctl(_ name: String) -> String? {
-        guard let fd = try? FileDescriptor.open("/proc/sys/" + name, flags: O_RDONLY) else { return nil }
-        defer { fd.close() }
-        var buffer = [UInt8](repeating: 0, count: 32)
-        let n = buffer.withUnsafeMutableBytes { read(fd.rawValue, $0.baseAddress, $0.count) }
-        guard n > 0 else { return nil }
-        return String(decoding: buffer[0..<n], as: UTF8.self).trimmingWhitespace()
-    }
+    static func readSysctl(_ name: String) -> String? { DeviceProbe.readTrimmed("/proc/sys/" + name) }
 
     // MARK: the per-request path
 
@@ -375,14 +368,5 @@ public final class UringEngine: BlockEngine, @unchecked Sendable {
         guard let operation = BlockOperation(rawValue: slotOperations[slot]),
               operation == .writeZeroes || operation == .writeZeroesUnmap else { return -EOPNOTSUPP }
         return sync.writeZeroes(offset: slotOffsets[slot], length: length, unmap: operation == .writeZeroesUnmap)
-    }
-}
-
-private extension String {
-    func trimmingWhitespace() -> String {
-        var s = Substring(self)
-        while let c = s.first, c.isWhitespace { s = s.dropFirst() }
-        while let c = s.last, c.isWhitespace { s = s.dropLast() }
-        return String(s)
     }
 }
