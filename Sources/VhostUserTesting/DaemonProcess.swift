@@ -364,7 +364,7 @@ public final class DaemonProcess: @unchecked Sendable {
         while let entry = readdir(dir) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             guard let tid = Int32(name) else { continue }
-            guard let stat = Self.readSmallFile("/proc/\(pid)/task/\(tid)/stat") else { return false }
+            guard let stat = readProcFile("/proc/\(pid)/task/\(tid)/stat") else { return false }
             // The state is the first field after the command name, which is in parentheses and may
             // itself contain spaces and parentheses; hence the last ')'.
             guard let close = stat.lastIndex(of: ")") else { return false }
@@ -373,16 +373,6 @@ public final class DaemonProcess: @unchecked Sendable {
             seen += 1
         }
         return seen > 0
-    }
-
-    /// The first 512 bytes of a /proc file (a stat line is shorter), nil if it cannot be read.
-    private static func readSmallFile(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 512)
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : nil
     }
 
     /// Waits for the daemon to exit; nil if it still runs after `timeoutMs`.
@@ -400,4 +390,21 @@ public final class DaemonProcess: @unchecked Sendable {
         // SIGKILL cannot be caught, so the reader sees EOF and reaps the child promptly.
         reader?.join()
     }
+}
+
+/// A /proc file's whole text (its size is unknown until read); nil if it cannot be read, e.g. the
+/// thread or process it describes is gone.
+public func readProcFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 { return nil }
+        if n == 0 { break }
+        bytes += buffer[0..<n]
+    }
+    return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self)
 }

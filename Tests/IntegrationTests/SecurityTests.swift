@@ -11,18 +11,7 @@ private func uidOf(_ name: String) -> uid_t? { getpwnam(name).map { $0.pointee.p
 private func gidOf(_ name: String) -> gid_t? { getgrnam(name).map { $0.pointee.gr_gid } }
 
 /// /proc/PID/task/TID/status, whole; nil if it cannot be read (the thread is gone).
-func readStatus(_ statusPath: String) -> String? {
-    guard let fd = try? FileDescriptor.open(statusPath, flags: O_RDONLY) else { return nil }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = buffer.withUnsafeMutableBytes { read(fd.rawValue, $0.baseAddress, $0.count) }
-        if n < 0 { return nil }
-        if n == 0 { break }
-        bytes += buffer[0..<n]
-    }
-    return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self)
-}
+func readStatus(_ statusPath: String) -> String? { readProcFile(statusPath) }
 
 /// The "Uid:", "Gid:", "Groups:" or "CapEff:" line of a status file's text, split into fields.
 func statusFields(_ status: String, _ key: String, of statusPath: String) throws -> [String] {
