@@ -196,20 +196,13 @@ import VhostUserTesting
         let run = try rig.drive { () throws -> RaceRun in
             var random = TestRandom(seed: eventIdx ? 1 : 2)
             var run = RaceRun()
-            // When the worker arms after a completion, as the driver sees it (a running average).
-            var armsAfter: UInt64?
+            // When the worker arms after a completion, as the driver sees it.
+            var aim = ArmingAim()
             let deadline = Deadline(milliseconds: 20_000)
             var completedAt = monotonicNanoseconds()
             while run.done < 4_000 && !deadline.expired {
-                if run.done % 2 == 0 || armsAfter == nil {
-                    guard rig.spin({ rig.workerArmed }) else {
-                        throw DriverFailure("the worker never armed notifications after request \(run.done)")
-                    }
-                    let seen = monotonicNanoseconds() - completedAt
-                    armsAfter = armsAfter.map { ($0 * 3 + seen) / 4 } ?? seen
-                } else if let a = armsAfter {
-                    spinUntil(completedAt + a + random.next(below: 6_000), minus: 3_000)
-                }
+                try aim.step(from: completedAt, watch: run.done % 2 == 0, rig: rig, random: &random,
+                             what: "after request \(run.done)")
                 let t0 = monotonicNanoseconds()
                 chains.submit()
                 guard try chains.waitForCompletion(timeoutMs: 5_000).allOK else { throw DriverFailure("a request failed") }
@@ -243,23 +236,16 @@ import VhostUserTesting
         let chains = try FlushChains(queue: rig.queue, arena: rig.arena, count: 1)
         let done = try rig.drive { () throws -> Int in
             var random = TestRandom(seed: eventIdx ? 3 : 4)
-            var armsAfter: UInt64?
+            var aim = ArmingAim()
             let deadline = Deadline(milliseconds: 20_000)
             var done = 0
             while done < 3_000 && !deadline.expired {
                 chains.submit()
                 guard rig.spin({ engine.heldCount == 1 }) else { throw DriverFailure("request \(done) never reached the engine") }
                 let heldAt = monotonicNanoseconds()
-                if done % 2 == 0 || armsAfter == nil {
-                    // Taken; now wait for the worker to arm notifications with storage in flight.
-                    guard rig.spin({ rig.workerArmed }) else {
-                        throw DriverFailure("the worker never armed notifications with request \(done) in flight")
-                    }
-                    let seen = monotonicNanoseconds() - heldAt
-                    armsAfter = armsAfter.map { ($0 * 3 + seen) / 4 } ?? seen
-                } else if let a = armsAfter {
-                    spinUntil(heldAt + a + random.next(below: 6_000), minus: 3_000)
-                }
+                // Taken; now (watching or blind) around the worker arming notifications with storage in flight.
+                try aim.step(from: heldAt, watch: done % 2 == 0, rig: rig, random: &random,
+                             what: "with request \(done) in flight")
                 guard engine.completeHeld() == 1 else { throw DriverFailure("request \(done) was not held") }
                 guard try chains.waitForCompletion(timeoutMs: 5_000).allOK else { throw DriverFailure("a request failed") }
                 done += 1
@@ -269,6 +255,28 @@ import VhostUserTesting
         #expect(done >= 300)
         let s = rig.stop()
         #expect(s.sleeps + s.sleepsAverted >= UInt64(done / 2), "\(s)")
+    }
+}
+
+/// When the worker arms notifications, measured from an event the driver saw (a running average),
+/// and how the two race tests land their next action around that moment.
+private struct ArmingAim {
+    var armsAfter: UInt64?
+
+    /// Watching (or not yet measured): waits for the worker to arm and folds how long after `start`
+    /// that came into the average. Blind: spins until that time ± 3 µs, chosen by `random`, so the
+    /// caller's next action lands just before, during or just after the arming.
+    mutating func step<E: BlockEngine>(from start: UInt64, watch: Bool, rig: WorkerRig<E>,
+                                       random: inout TestRandom, what: String) throws {
+        if watch || armsAfter == nil {
+            guard rig.spin({ rig.workerArmed }) else {
+                throw DriverFailure("the worker never armed notifications \(what)")
+            }
+            let seen = monotonicNanoseconds() - start
+            armsAfter = armsAfter.map { ($0 * 3 + seen) / 4 } ?? seen
+        } else if let a = armsAfter {
+            spinUntil(start + a + random.next(below: 6_000), minus: 3_000)
+        }
     }
 }
 
