@@ -630,14 +630,7 @@ write_marker() { # write_marker TEXT: O_DIRECT, then fsync so it is durable
 
 reset_first_boot() {
     test_identity
-    persist_region
-    head -c $PERSIST_LEN /dev/urandom >/tmp/persist
-    want=$(file_sha /tmp/persist)
-    disk_write /tmp/persist $PERSIST_OFF 1M fsync
-    rc=$?
-    drop_caches
-    [ $rc -eq 0 ] && [ "$(disk_sha $PERSIST_OFF $PERSIST_LEN)" = "$want" ]
-    check persist-write $? "offset=$PERSIST_OFF len=$PERSIST_LEN rc=$rc"
+    test_persist_write # sets $want, the hash of what it wrote
     marker="vtest-boot $P_boot_nonce 1 $want"
     write_marker "$marker"
     rc=$?
