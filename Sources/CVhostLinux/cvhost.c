@@ -154,6 +154,26 @@ int cvh_pin_current_thread(int cpu) {
     CPU_SET(cpu, &set);
     return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
 }
+int cvh_set_current_thread_cpus(const int *cpus, int count) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int i = 0; i < count; i++) {
+        if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) return EINVAL;
+        CPU_SET(cpus[i], &set);
+    }
+    return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+int cvh_thread_cpus(pthread_t thread, int *cpus, int max) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    int r = pthread_getaffinity_np(thread, sizeof set, &set);
+    if (r != 0) return -r;
+    int count = 0;
+    for (int i = 0; i < CPU_SETSIZE && count < max; i++) {
+        if (CPU_ISSET(i, &set)) cpus[count++] = i;
+    }
+    return count;
+}
 int cvh_current_cpu(void) { return sched_getcpu(); }
 int cvh_allowed_cpus(int *cpus, int max) {
     cpu_set_t set;

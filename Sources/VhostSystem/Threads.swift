@@ -57,6 +57,15 @@ public final class PinnedThread: @unchecked Sendable {
         guard clock_gettime(clock, &ts) == 0 else { return nil }
         return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
     }
+
+    /// The CPUs the thread may run on now (it may change them itself); nil once joined.
+    public var allowedCPUs: [Int]? {
+        guard !joined else { return nil }
+        // CPU_SETSIZE (1024) ids: the most a cpu_set_t can describe.
+        var buf = [Int32](repeating: 0, count: 1024)
+        let n = buf.withUnsafeMutableBufferPointer { cvh_thread_cpus(thread, $0.baseAddress, Int32($0.count)) }
+        return n > 0 ? buf.prefix(Int(n)).map(Int.init) : nil
+    }
 }
 
 public enum CPUTopology {
@@ -83,6 +92,12 @@ public enum CPUTopology {
     }
 
     public static var currentCPU: Int { Int(cvh_current_cpu()) }
+
+    /// Lets the calling thread run on any of `cpus` (replacing a pin); 0 or an errno value.
+    public static func setCurrentThreadCPUs(_ cpus: [Int]) -> Int32 {
+        let ids = cpus.map(Int32.init)
+        return ids.withUnsafeBufferPointer { cvh_set_current_thread_cpus($0.baseAddress, Int32($0.count)) }
+    }
 
     /// The NUMA node of `cpu`, nil when NUMA is unavailable.
     public static func numaNode(ofCPU cpu: Int) -> Int? {
@@ -145,24 +160,37 @@ public enum ProcessEnvironment {
     public static var pid: Int32 { getpid() }
 }
 
-/// How long the calling thread has been runnable without a CPU: the kernel's `run_delay`, the second
-/// field of /proc/thread-self/schedstat (CONFIG_SCHED_INFO). A worker subtracts what accumulates
-/// across a sleep from the sleep's length: on a busy CPU, the time between being woken and getting
-/// to run is not time its queue was idle. Reading it costs one pread of the already-open file
-/// (~0.2 µs here), nothing is allocated per read. Owned by the thread that created it.
-public final class ThreadRunDelay {
+/// The calling thread's scheduler statistics from /proc/thread-self/schedstat (CONFIG_SCHED_INFO):
+/// time on a CPU and run delay (time runnable but waiting for a CPU), the file's first two fields.
+/// A worker uses them twice: it subtracts the run delay that accumulates across a sleep from the
+/// sleep's length (on a busy CPU, the time between being woken and getting to run is not time its
+/// queue was idle), and it compares the two over time to tell whether its CPU is shared
+/// (`SharedCoreDetector`). Reading costs one pread of the already-open file (~0.2 µs here); nothing
+/// is allocated per read. Owned by the thread that created it.
+public final class ThreadSchedStat {
+    public struct Sample: Equatable, Sendable {
+        /// Nanoseconds the thread has run.
+        public var onCPU: UInt64
+        /// Nanoseconds it has been runnable without a CPU.
+        public var runDelay: UInt64
+        public init(onCPU: UInt64, runDelay: UInt64) {
+            self.onCPU = onCPU
+            self.runDelay = runDelay
+        }
+    }
+
     private let fd: FileDescriptor
     /// The file is three decimal u64s and a newline: 64 bytes hold it (20 digits each at most).
     private static let bufferSize = 64
     private let buffer: UnsafeMutablePointer<UInt8>
 
     /// Opens the calling thread's schedstat; nil when there is none (no /proc, a kernel without
-    /// SCHED_INFO): callers then treat every sleep as idle time.
+    /// SCHED_INFO): callers then treat every sleep as idle time and every CPU as dedicated.
     public init?() {
         guard let fd = try? FileDescriptor.open("/proc/thread-self/schedstat", flags: O_RDONLY) else { return nil }
         self.fd = fd
         buffer = .allocate(capacity: Self.bufferSize)
-        guard nanoseconds() != nil else {
+        guard read() != nil else {
             buffer.deallocate()
             return nil
         }
@@ -170,10 +198,11 @@ public final class ThreadRunDelay {
 
     deinit { buffer.deallocate() }
 
-    /// Run delay so far in ns, or nil if the file could not be read or parsed.
-    public func nanoseconds() -> UInt64? {
+    /// The counters so far, or nil if the file could not be read or parsed.
+    public func read() -> Sample? {
         let n = pread(fd.rawValue, buffer, Self.bufferSize, 0)
         guard n > 0 else { return nil }
+        var fields: (UInt64, UInt64) = (0, 0)
         var field = 0
         var value: UInt64 = 0
         var digits = 0
@@ -184,7 +213,12 @@ public final class ThreadRunDelay {
                 digits += 1
             } else {
                 if digits > 0 {
-                    if field == 1 { return value }
+                    if field == 0 {
+                        fields.0 = value
+                    } else {
+                        fields.1 = value
+                        return Sample(onCPU: fields.0, runDelay: fields.1)
+                    }
                     field += 1
                 }
                 value = 0

@@ -97,8 +97,8 @@ import VhostUserTesting
                 }
                 // Opened on this thread: /proc/thread-self names the opener. Without it (a kernel
                 // without SCHED_INFO) only late spins count as disturbed.
-                let runDelay = ThreadRunDelay()
-                var waited = runDelay?.nanoseconds() ?? 0
+                let schedStat = ThreadSchedStat()
+                var waited = schedStat?.read()?.runDelay ?? 0
                 let sleepsBefore = rig.worker.sleepsSoFar
                 var disturbed = 0
                 for _ in 0..<n {
@@ -110,7 +110,7 @@ import VhostUserTesting
                     // completion before (it sees the completion late), which its clock cannot tell
                     // from a slow worker; its run delay (time runnable without a CPU) can. Read once
                     // per request, while the worker takes the request, so the read lengthens no gap.
-                    let nowWaited = runDelay?.nanoseconds() ?? waited
+                    let nowWaited = schedStat?.read()?.runDelay ?? waited
                     if late || nowWaited != waited { disturbed += 1 }
                     waited = nowWaited
                     guard try chains.spinForCompletion(timeoutMs: 10_000).allOK else { throw DriverFailure("a request failed") }

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdbool.h>
 #include <sys/types.h>
+#include <pthread.h>
 #include <sys/uio.h>
 #include <libaio.h>
 #include "cvhost_blockio.h"
@@ -49,6 +50,8 @@ extern const int CVH_O_DIRECT;
 
 // ---- threads and CPUs ----------------------------------------------------------------------------
 int cvh_pin_current_thread(int cpu);   // 0 or an errno value
+int cvh_set_current_thread_cpus(const int *cpus, int count); // affinity to these CPUs; 0 or an errno value
+int cvh_thread_cpus(pthread_t thread, int *cpus, int max);   // a thread's affinity as CPU ids; count or -errno
 int cvh_current_cpu(void);
 int cvh_allowed_cpus(int *cpus, int max); // the process's affinity mask as CPU ids; count or -errno
 int cvh_accept_cloexec(int sock);          // accept4(SOCK_CLOEXEC), retried on EINTR; fd or -errno
