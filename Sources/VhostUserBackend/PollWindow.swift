@@ -19,10 +19,17 @@
 /// occasional long gap (its driver was preempted, say) costs half the window, and the half still
 /// covers the short gaps, where a window dropped to 0 would take several sleeps to grow back.
 ///
+/// A worker that finds its CPU shared (`SharedCoreDetector`) lowers the window's `ceiling` below
+/// `maximum` for as long as that lasts: polling then takes the core from whoever waits for it (a
+/// vCPU, often the very one that would send the next request), so the rules above apply with the
+/// ceiling in place of the maximum.
+///
 /// Plain value logic, owned by one worker thread; times are nanoseconds.
 public struct PollWindow: Sendable, Equatable {
     /// The longest window (`--poll-us`); 0 makes every idle pass sleep.
     public let maximum: UInt64
+    /// The longest window for now: `maximum`, or less while the worker's CPU is shared.
+    public private(set) var ceiling: UInt64
     /// How long the worker polls after the queue went idle before it sleeps.
     public private(set) var current: UInt64
 
@@ -36,7 +43,20 @@ public struct PollWindow: Sendable, Equatable {
     /// sleeps longer than it are enough to learn otherwise.
     public init(maximum: UInt64) {
         self.maximum = maximum
+        ceiling = maximum
         current = maximum
+    }
+
+    /// Caps the window at `limit` (at most `maximum`); the window shrinks to it at once.
+    public mutating func limit(to limit: UInt64) {
+        ceiling = min(limit, maximum)
+        current = min(current, ceiling)
+    }
+
+    /// Lifts a cap set by `limit(to:)`: the window grows back to `maximum` as sleeps show it would
+    /// pay, not at once.
+    public mutating func removeLimit() {
+        ceiling = maximum
     }
 
     public enum Change: Equatable { case grew, kept, shrank }
@@ -45,13 +65,13 @@ public struct PollWindow: Sendable, Equatable {
     /// the idle spell came `idle` ns after the queue went idle.
     @discardableResult
     public mutating func eventAfterSleeping(idle: UInt64) -> Change {
-        if idle > maximum {
+        if idle > ceiling {
             current = current / 2 < Self.firstStepNanoseconds ? 0 : current / 2
             return .shrank
         }
-        guard current < maximum else { return .kept }
+        guard current < ceiling else { return .kept }
         current = current == 0 ? Self.firstStepNanoseconds : current &* 2
-        if current > maximum { current = maximum }
+        if current > ceiling { current = ceiling }
         return .grew
     }
 }

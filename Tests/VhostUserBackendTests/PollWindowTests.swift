@@ -66,4 +66,34 @@ import VhostUserBackend
         }
         #expect(w.current == 0)
     }
+
+    /// A shared CPU caps the window: it drops to the cap at once, grows no further, and gaps longer
+    /// than the cap (though within the maximum) shrink it, since no poll allowed would catch them.
+    @Test func aLimitCapsTheWindowUntilItIsLifted() {
+        var w = PollWindow(maximum: 50_000)
+        w.limit(to: 4_000)
+        #expect(w.ceiling == 4_000)
+        #expect(w.current == 4_000)
+        #expect(w.eventAfterSleeping(idle: 3_000) == .kept)
+        #expect(w.eventAfterSleeping(idle: 20_000) == .shrank)
+        #expect(w.current == 0)
+        #expect(w.eventAfterSleeping(idle: 3_000) == .grew)
+        #expect(w.current == 4_000)
+        // Lifted: the window grows back by doubling as sleeps show it pays, not in one step.
+        w.removeLimit()
+        #expect(w.current == 4_000)
+        var seen: [UInt64] = []
+        for _ in 0..<5 {
+            w.eventAfterSleeping(idle: 20_000)
+            seen.append(w.current)
+        }
+        #expect(seen == [8_000, 16_000, 32_000, 50_000, 50_000])
+    }
+
+    @Test func aLimitAboveTheMaximumIsTheMaximum() {
+        var w = PollWindow(maximum: 50_000)
+        w.limit(to: 80_000)
+        #expect(w.ceiling == 50_000)
+        #expect(w.current == 50_000)
+    }
 }
