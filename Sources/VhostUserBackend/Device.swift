@@ -50,7 +50,8 @@ public protocol VhostUserDevice: AnyObject {
     /// and its poll pass.
     func makeQueue(index: Int, ring: SplitQueue, memory: GuestMemoryMap, features: VirtioFeatures) throws
         -> (queue: Queue, poll: QueuePoller)
-    /// How the worker of queue `index` runs: its CPU (nil = unpinned) and longest idle poll before sleeping.
+    /// How the worker of queue `index` runs: its CPU (nil = unpinned), longest idle poll before sleeping,
+    /// and what it does on a shared CPU.
     func workerPolicy(queue index: Int) -> WorkerPolicy
 }
 
@@ -59,8 +60,12 @@ public struct WorkerPolicy: Sendable {
     /// The longest a worker busy-polls an idle queue before arming notifications and sleeping; the
     /// window itself adapts between 0 and this to the queue's traffic (`PollWindow`). nil never sleeps.
     public var pollWindowNanoseconds: UInt64?
-    public init(cpu: Int?, pollWindowNanoseconds: UInt64?) {
+    /// What the worker does when it finds its CPU shared with other busy threads; nil: it does not
+    /// look (the operator dedicated the CPU to it).
+    public var sharedCore: SharedCoreResponse?
+    public init(cpu: Int?, pollWindowNanoseconds: UInt64?, sharedCore: SharedCoreResponse? = nil) {
         self.cpu = cpu
         self.pollWindowNanoseconds = pollWindowNanoseconds
+        self.sharedCore = sharedCore
     }
 }

@@ -18,9 +18,10 @@ final class Worker<H: QueueHandler> {
     private let stopFlag: UnsafeMutablePointer<UInt32>
     /// kick, stop and (with storage in flight) completion fds for poll(2); used by the worker only.
     private let pollFDs: UnsafeMutablePointer<pollfd>
-    /// [0] the poll window, [1] sleeps so far: stored by the worker when they change (at most once
-    /// per sleep), readable from any thread while it runs.
+    /// [0] the poll window, [1] sleeps so far, [2] 1 while the worker finds its CPU shared: stored by
+    /// the worker when they change (at most once per sleep), readable from any thread while it runs.
     private let gauges: UnsafeMutablePointer<UInt64>
+    private static var gaugeCount: Int { 3 }
     private var thread: PinnedThread?
     // The fds stay owned by the session's VringSettings, which outlives this worker.
     private let kickFD: Int32
@@ -48,8 +49,8 @@ final class Worker<H: QueueHandler> {
         stopFlag.initialize(to: 0)
         pollFDs = .allocate(capacity: 3)
         pollFDs.initialize(repeating: pollfd(), count: 3)
-        gauges = .allocate(capacity: 2)
-        gauges.initialize(repeating: 0, count: 2)
+        gauges = .allocate(capacity: Self.gaugeCount)
+        gauges.initialize(repeating: 0, count: Self.gaugeCount)
         if kickFD >= 0, let w = policy.pollWindowNanoseconds { gauges[0] = PollWindow(maximum: w).current }
         thread = try PinnedThread(name: "vq\(index)", cpu: policy.cpu) { [self] in run() }
     }
@@ -72,9 +73,13 @@ final class Worker<H: QueueHandler> {
     /// The poll window now, and how often the worker has slept, as it last published them.
     var pollWindowNanoseconds: UInt64 { cvh_load_acquire_u64(gauges) }
     var sleepsSoFar: UInt64 { cvh_load_acquire_u64(gauges + 1) }
+    /// Whether the worker last judged its CPU shared (`SharedCoreDetector`).
+    var coreShared: Bool { cvh_load_acquire_u64(gauges + 2) != 0 }
 
     /// CPU time the worker thread has used so far; nil once stopped.
     var cpuTimeNanoseconds: UInt64? { thread?.cpuTimeNanoseconds }
+    /// The CPUs the worker thread may run on now; nil once stopped.
+    var allowedCPUs: [Int]? { thread?.allowedCPUs }
 
     private var stopRequested: Bool { cvh_load_acquire_u32(stopFlag) != 0 }
 
@@ -109,6 +114,8 @@ final class Worker<H: QueueHandler> {
         var windowShrinks: UInt64 = 0
         /// The poll window as it stood when the worker stopped (nil: the queue never sleeps).
         var window: PollWindow?
+        /// What the worker made of its CPU (nil: it did not look, `WorkerPolicy.sharedCore`).
+        var sharedCore: SharedCoreDetector?
     }
     private(set) var statistics = Statistics()
 
@@ -131,7 +138,8 @@ final class Worker<H: QueueHandler> {
         var idleSince: UInt64 = 0
         var idleUntilEvent: UInt64?
         // Opened here, on the worker's own thread: /proc/thread-self names the opener.
-        let runDelay = window == nil ? nil : ThreadRunDelay()
+        let schedStat = window == nil && policy.sharedCore == nil ? nil : ThreadSchedStat()
+        var core = CoreWatch(detector: policy.sharedCore == nil || schedStat == nil ? nil : SharedCoreDetector())
         handler.stopSleeping()
         while !stopRequested {
             if broken {
@@ -162,20 +170,23 @@ final class Worker<H: QueueHandler> {
                     reportGuestErrors(&reported)
                     lastReport = now
                 }
+                if core.detector != nil && now &- core.judgedAt >= SharedCoreDetector.intervalNanoseconds, let s = schedStat?.read() {
+                    judgeCore(&core, sample: s, now: now, window: &window)
+                }
                 guard let w = window else { continue }
                 if idleSince == 0 { idleSince = now }
                 if now &- idleSince < w.current { continue }
                 if try handler.prepareToSleep() {
                     stats.sleeps &+= 1
                     cvh_store_release_u64(gauges + 1, stats.sleeps)
-                    let delayBefore = runDelay?.nanoseconds()
+                    let delayBefore = schedStat?.read()?.runDelay
                     sleep()
                     let slept = monotonicNanoseconds() &- idleSince
                     // Time spent woken but waiting for a CPU (another thread had ours) is not idle
                     // time: counting it would drop the window of a busy queue on a busy machine,
                     // whose every slow wake-up would then look like a long idle spell.
                     var waited: UInt64 = 0
-                    if let a = delayBefore, let b = runDelay?.nanoseconds(), b > a { waited = b - a }
+                    if let a = delayBefore, let b = schedStat?.read()?.runDelay, b > a { waited = b - a }
                     idleUntilEvent = slept &- min(waited, slept)
                 } else {
                     // Work arrived while notifications were being armed: a slightly longer poll
@@ -194,10 +205,63 @@ final class Worker<H: QueueHandler> {
         reportGuestErrors(&reported)
         stats.idlePasses &+= UInt64(idlePasses)
         stats.window = window
+        stats.sharedCore = core.detector
         statistics = stats
         if let w = window {
             logger.debug("queue \(index): \(stats.sleeps) sleeps, \(stats.sleepsAverted) averted, \(stats.idlePasses) idle passes; poll window \(w.current / 1000) µs of at most \(w.maximum / 1000)")
         }
+    }
+
+    /// The shared-CPU watch of one run: the detector (nil: not watching), and the last sample.
+    private struct CoreWatch {
+        var detector: SharedCoreDetector?
+        /// When `last` was read.
+        var judgedAt: UInt64 = 0
+        var last: ThreadSchedStat.Sample?
+        /// Whether the worker moved off its pinned CPU (`SharedCoreResponse.floatOver`).
+        var floating = false
+    }
+
+    /// Hands the detector the interval since the last sample and applies a change of state: while the CPU is
+    /// shared, the poll window is capped and a pinned worker may float (`SharedCoreResponse`).
+    /// Rare (a state change, at most once per judged interval) and off the request path: it may log.
+    private func judgeCore(_ core: inout CoreWatch, sample: ThreadSchedStat.Sample, now: UInt64, window: inout PollWindow?) {
+        defer {
+            core.last = sample
+            core.judgedAt = now
+        }
+        guard let last = core.last, let response = policy.sharedCore,
+              let change = core.detector?.sample(onCPU: sample.onCPU &- last.onCPU, runDelay: sample.runDelay &- last.runDelay,
+                                                 elapsed: now &- core.judgedAt),
+              let detector = core.detector else { return }
+        switch change {
+        case .becameShared:
+            window?.limit(to: response.pollCeilingNanoseconds)
+            var moved = ""
+            if let cpus = response.floatOver, let pinned = policy.cpu, cpus != [pinned] {
+                let r = CPUTopology.setCurrentThreadCPUs(cpus)
+                if r == 0 {
+                    core.floating = true
+                    moved = "; it now runs on any of CPUs \(cpus)"
+                } else {
+                    moved = "; moving it to CPUs \(cpus) failed (errno \(r))"
+                }
+            }
+            let whereNow = policy.cpu.map { "its CPU \($0)" } ?? "the CPUs it runs on"
+            let message: Logger.Message = "queue \(index): \(whereNow) is shared (it waited \(detector.lastWaitPercent) % of the time it wanted to run); polling at most \(response.pollCeilingNanoseconds / 1000) µs\(moved). Workers on CPUs of their own (--cpus LIST) keep their placement and poll window."
+            // The first time at info: it explains a placement the operator did not choose; later
+            // swings (at most one per quiet period, which doubles each time) at debug.
+            if detector.spells == 1 { logger.info(message) } else { logger.debug(message) }
+        case .becameDedicated:
+            window?.removeLimit()
+            if core.floating, let pinned = policy.cpu {
+                _ = cvh_pin_current_thread(Int32(pinned))
+                core.floating = false
+            }
+            logger.debug("queue \(index): its CPU looks dedicated again (waited \(detector.lastWaitPercent) %); polling up to \((window?.maximum ?? 0) / 1000) µs\(policy.cpu.map { ", pinned to CPU \($0)" } ?? "")")
+        }
+        cvh_store_release_u64(gauges, window?.current ?? 0)
+        cvh_store_release_u64(gauges + 2, change == .becameShared ? 1 : 0)
     }
 
     /// Sleeps until a kick, a storage completion or a stop request, and drains what woke it. The fd

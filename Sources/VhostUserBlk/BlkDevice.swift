@@ -110,7 +110,16 @@ public final class VirtioBlkDevice<E: BlockEngine>: VhostUserDevice {
 
     public func workerPolicy(queue index: Int) -> WorkerPolicy {
         let window: UInt64? = configuration.pollMicroseconds == 0 ? nil : UInt64(configuration.pollMicroseconds) * 1000
-        return WorkerPolicy(cpu: cpus.isEmpty ? nil : cpus[index % cpus.count], pollWindowNanoseconds: window)
+        // CPUs the operator named are taken as dedicated: their workers keep their pin and window.
+        // Placement left to the daemon, or to the scheduler, adapts to a CPU found shared.
+        let sharedCore: SharedCoreResponse?
+        switch configuration.cpus {
+        case .pinned: sharedCore = nil
+        case .automatic: sharedCore = SharedCoreResponse(floatOver: cpus.count > 1 ? cpus : nil)
+        case .unpinned: sharedCore = SharedCoreResponse(floatOver: nil)
+        }
+        return WorkerPolicy(cpu: cpus.isEmpty ? nil : cpus[index % cpus.count], pollWindowNanoseconds: window,
+                            sharedCore: sharedCore)
     }
 }
 

@@ -52,4 +52,47 @@ struct PlacementTests {
             #expect(floating.process.stderr.contains("not pinned"))
         }
     }
+
+    /// Placement left to the daemon adapts to a CPU another busy thread takes (the worker floats over
+    /// the CPUs it was placed among, and polls briefly: `SharedCoreDetector`); a CPU named with
+    /// `--cpus` is the operator's promise that it is dedicated, and its worker stays.
+    @Test("an automatically placed worker floats off a CPU another thread takes; one on a named CPU stays",
+          .enabled(if: CPUTopology.allowedCPUs().count >= 2, "needs two CPUs"))
+    func sharedCPU() throws {
+        let automatic = try TestDaemon.file(engine: "aio", queues: 1)
+        let a = try automatic.session(queues: 1)
+        try automatic.run(a.frontend) { () throws in
+            #expect(try writeReadVerify(a.driver, sector: 0, sectors: 8, seed: 5) == nil)
+            let placed = try Self.allowedCPUs(of: automatic, thread: "vq0")
+            let cpu = try #require(Int(placed), "automatic placement pins each worker to one CPU, got \(placed)")
+            let hog = try CPUHog(cpu: cpu)
+            defer { hog.stop() }
+            let deadline = Deadline(milliseconds: 10_000)
+            while !automatic.process.stderr.contains("is shared"), !deadline.expired {
+                #expect(try a.driver.flush().status == .ok)
+                usleep(100)
+            }
+            #expect(automatic.process.stderr.contains("queue 0: its CPU \(cpu) is shared"), "\(automatic.context(a.frontend))")
+            let floating = try Self.allowedCPUs(of: automatic, thread: "vq0", expecting: nil)
+            #expect(floating != placed && floating.count > 1, "still on \(floating)")
+            #expect(try writeReadVerify(a.driver, sector: 64, sectors: 8, seed: 6) == nil)
+        }
+
+        let named = try TestDaemon.file(engine: "aio", queues: 1, extra: ["--cpus", String(try #require(CPUTopology.allowedCPUs().last))])
+        let n = try named.session(queues: 1)
+        try named.run(n.frontend) { () throws in
+            let cpu = try #require(CPUTopology.allowedCPUs().last)
+            #expect(try Self.allowedCPUs(of: named, thread: "vq0", expecting: String(cpu)) == String(cpu))
+            let hog = try CPUHog(cpu: cpu)
+            defer { hog.stop() }
+            // A second of requests: ten judged intervals, had it been watching.
+            let deadline = Deadline(milliseconds: 1_000)
+            while !deadline.expired {
+                #expect(try n.driver.flush().status == .ok)
+                usleep(100)
+            }
+            #expect(!named.process.stderr.contains("is shared"))
+            #expect(try Self.allowedCPUs(of: named, thread: "vq0") == String(cpu))
+        }
+    }
 }

@@ -30,8 +30,10 @@ final class WorkerRig<E: BlockEngine> {
         return allowed.count >= 2 ? (allowed[1], allowed[0]) : (nil, nil)
     }
 
-    /// `pollMicroseconds` is the window's maximum (nil: the worker never sleeps).
-    init(engine: E, eventIdx: Bool = true, pollMicroseconds: UInt64?, queueSize: Int = 128) throws {
+    /// `pollMicroseconds` is the window's maximum (nil: the worker never sleeps); `sharedCore`, what
+    /// the worker does on a shared CPU (nil: it does not look, as on a CPU named with --cpus).
+    init(engine: E, eventIdx: Bool = true, pollMicroseconds: UInt64?, queueSize: Int = 128,
+         sharedCore: SharedCoreResponse? = nil) throws {
         arena = try GuestMemoryArena(size: 8 << 20)
         map = try GuestMemoryMap(regions: arena.regions.map {
             try GuestRegion(guestStart: $0.guestPhysicalAddress, size: UInt64($0.size), frontendStart: $0.userAddress,
@@ -50,7 +52,8 @@ final class WorkerRig<E: BlockEngine> {
         self.blk = blk
         worker = try Worker(index: 0, handler: blk, poll: { accept throws(QueueError) in try blk.poll(acceptNew: accept) },
                             kickFD: q.kickFD.rawValue, callFD: q.callFD.rawValue, errFD: q.errFD.rawValue,
-                            policy: WorkerPolicy(cpu: Self.cpus.worker, pollWindowNanoseconds: pollMicroseconds.map { $0 * 1000 }),
+                            policy: WorkerPolicy(cpu: Self.cpus.worker, pollWindowNanoseconds: pollMicroseconds.map { $0 * 1000 },
+                                                 sharedCore: sharedCore),
                             logger: quietLogger)
     }
 
