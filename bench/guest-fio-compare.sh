@@ -4,13 +4,15 @@
 #
 # Usage:
 #   bench/guest-fio-compare.sh [--rounds 3] [--runtime 15] [--queues 1]
-#                              [--poll-us 50] [--jobs 1]
+#                              [--poll-us 50] [--jobs 1] [--cpus LIST|none]
 #
 #   --rounds N    rounds; each round runs every workload on both back-ends
 #   --runtime S   seconds fio measures per run (after a 2 s ramp)
 #   --queues N    virtqueues offered by both back-ends and used by the guest
 #   --poll-us N   our daemon's --poll-us (longest busy-poll; 0 = never sleep)
 #   --jobs J      fio jobs in the guest (each at iodepth 32)
+#   --cpus C      our daemon's --cpus (default: none given, the daemon places
+#                 its workers and adapts to shared cores)
 #
 # For every round and workload (4 KiB randread, 4 KiB randwrite, iodepth 32)
 # the two back-ends run one after the other on the same 1 GiB raw image, and
@@ -44,7 +46,7 @@ source "$ROOT/bench/lib.sh"
 
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit "$1"; }
 
-ROUNDS=3 RUNTIME=15 QUEUES=1 POLL_US=50 JOBS=1
+ROUNDS=3 RUNTIME=15 QUEUES=1 POLL_US=50 JOBS=1 CPUS=''
 while (($#)); do
     [[ $1 == -h || $1 == --help ]] && usage 0
     (($# >= 2)) || die "$1 needs a value (see --help)"
@@ -54,6 +56,7 @@ while (($#)); do
         --queues) QUEUES=$2 ;;
         --poll-us) POLL_US=$2 ;;
         --jobs) JOBS=$2 ;;
+        --cpus) CPUS=$2 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
     shift 2
@@ -114,7 +117,7 @@ start_backend() {
     rm -f "$SOCK"
     case $which in
         ours)
-            "$DAEMON" --socket "$SOCK" --backing "$IMG" --queues "$QUEUES" --poll-us "$POLL_US" \
+            "$DAEMON" --socket "$SOCK" --backing "$IMG" --queues "$QUEUES" --poll-us "$POLL_US" ${CPUS:+--cpus "$CPUS"} \
                 </dev/null >"$blog" 2>&1 &
             ;;
         qsd)
@@ -210,7 +213,7 @@ run_one() {
     log "$(tail -n 1 "$RUNS" | jq -r '"\(.workload) \(.backend): \(.iops) IOPS, p50 \(.lat_p50_us) µs, p99 \(.lat_p99_us) µs, back-end \(.backend_cpu_s) s CPU = \(.cpu_us_per_io) µs/IO (\(.backend_cores) cores), load \(.host_load_1m_before)"')"
 }
 
-log "rounds=$ROUNDS runtime=${RUNTIME}s queues=$QUEUES poll_us=$POLL_US jobs=$JOBS; $(( ROUNDS * ${#WORKLOADS[@]} * 2 )) guest boots"
+log "rounds=$ROUNDS runtime=${RUNTIME}s queues=$QUEUES poll_us=$POLL_US jobs=$JOBS cpus=${CPUS:-default}; $(( ROUNDS * ${#WORKLOADS[@]} * 2 )) guest boots"
 for ((r = 1; r <= ROUNDS; r++)); do
     # Odd rounds start with ours, even rounds with qsd.
     if ((r % 2)); then order=(ours qsd); else order=(qsd ours); fi
@@ -223,14 +226,14 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-OUT=$ROOT/bench/results/guest-fio-$(date -u -d "$DATE" +%Y%m%dT%H%M%SZ)-q$QUEUES-poll$POLL_US.json
+OUT=$ROOT/bench/results/guest-fio-$(date -u -d "$DATE" +%Y%m%dT%H%M%SZ)-q$QUEUES-poll$POLL_US${CPUS:+-cpus${CPUS//,/_}}.json
 mkdir -p "$(dirname "$OUT")"
 # shellcheck disable=SC2016 # jq program
 jq -s --arg date "$DATE" --arg cpu "$CPU_MODEL" --argjson cores "$CORES" --arg kernel "$KERNEL" \
     --arg qemu "$QEMU_VERSION" --arg qsd "$QSD_VERSION" --arg commit "$GIT_COMMIT" \
     --argjson dirty "$GIT_DIRTY" --arg sha "$DAEMON_SHA" --arg built "$DAEMON_MTIME" \
     --argjson rounds "$ROUNDS" --argjson runtime "$RUNTIME" --argjson ramp "$RAMP" \
-    --argjson queues "$QUEUES" --argjson poll "$POLL_US" --argjson jobs "$JOBS" \
+    --argjson queues "$QUEUES" --argjson poll "$POLL_US" --argjson jobs "$JOBS" --arg cpus "${CPUS:-default}" \
     --argjson iodepth "$IODEPTH" --arg bs "$BS" --argjson img "$IMG_MIB" \
     --argjson smp "$GUEST_SMP" --arg mem "$GUEST_MEM" --argjson elapsed "$((SECONDS - T_START))" '
     def median: sort | length as $n | if $n % 2 == 1 then .[($n - 1) / 2] else (.[$n / 2 - 1] + .[$n / 2]) / 2 end;
@@ -249,7 +252,7 @@ jq -s --arg date "$DATE" --arg cpu "$CPU_MODEL" --argjson cores "$CORES" --arg k
        machine: {cpu_model: $cpu, cores: $cores, kernel: $kernel, qemu: $qemu, qemu_storage_daemon: $qsd,
                  accel: "tcg", guest_vcpus: $smp, guest_memory: $mem},
        daemon: {checkout_head: $commit, sources_dirty: $dirty, binary_built: $built, sha256: $sha},
-       config: {rounds: $rounds, runtime_s: $runtime, ramp_s: $ramp, queues: $queues, poll_us: $poll,
+       config: {rounds: $rounds, runtime_s: $runtime, ramp_s: $ramp, queues: $queues, poll_us: $poll, cpus: $cpus,
                 jobs: $jobs, iodepth: $iodepth, bs: $bs, image_mib: $img,
                 qsd_blockdev: "driver=file,aio=native,cache.direct=on"},
        elapsed_s: $elapsed,
@@ -265,7 +268,7 @@ jq -r '
     "",
     "- Machine: \(.machine.cpu_model), \(.machine.cores) cores, kernel \(.machine.kernel), \(.machine.qemu) (\(.machine.accel), \(.machine.guest_vcpus) vCPUs, \(.machine.guest_memory))",
     "- Peer: \(.machine.qemu_storage_daemon), \(.config.qsd_blockdev)",
-    "- Ours: binary built \(.daemon.binary_built) (sha256 \(.daemon.sha256[0:12])), checkout at \(.daemon.checkout_head)\(if .daemon.sources_dirty then " + uncommitted source changes" else "" end), --poll-us \(.config.poll_us)",
+    "- Ours: binary built \(.daemon.binary_built) (sha256 \(.daemon.sha256[0:12])), checkout at \(.daemon.checkout_head)\(if .daemon.sources_dirty then " + uncommitted source changes" else "" end), --poll-us \(.config.poll_us), --cpus \(.config.cpus // "default")",
     "- Workload: \(.config.bs) \(.config.iodepth) deep x \(.config.jobs) job(s), \(.config.queues) queue(s), \(.config.runtime_s) s + \(.config.ramp_s) s ramp, 1 GiB raw image; medians of \(.config.rounds) alternating round(s)",
     "",
     "| workload | back-end | guest IOPS | p50 µs | p99 µs | back-end CPU µs/IO | back-end cores |",
