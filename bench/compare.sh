@@ -4,7 +4,7 @@
 #
 # Usage:
 #   bench/compare.sh [--rounds 3] [--runtime 5] [--ramp 1] [--poll-us 50]
-#                    [--backend-cpu 1] [--generator-cpu 0] [--only null|file] [--no-uring]
+#                    [--backend-cpu 1] [--generator-cpu 0] [--only null|file|loop] [--no-uring]
 #
 #   --rounds N         rounds; each round runs every workload on both back-ends
 #   --runtime S        measured seconds per run (after --ramp seconds)
@@ -12,20 +12,29 @@
 #   --poll-us N        our daemon's --poll-us (longest busy-poll of an idle queue)
 #   --backend-cpu C    CPU both back-ends are pinned to (taskset; ours also --cpus C)
 #   --generator-cpu C  CPU of the generator's queue thread (and of host fio)
-#   --only null|file   run only one of the two stores
-#   --no-uring         file store: leave out the io_uring variants (ours-uring, qsd-uring)
+#   --only null|file|loop  run only one of the three stores
+#   --no-uring         file and loop stores: leave out the io_uring variants (ours-uring, qsd-uring)
 #
 # Stores: "null" (qsd: driver=null-co,read-zeroes=off; ours: --engine null),
 # both 1 GiB, no data touched; "file": one 1 GiB raw image under /var/tmp,
 # written in full once, opened with O_DIRECT and Linux AIO by both
 # (qsd: aio=native,cache.direct=on; ours: --backing). The file store also
 # runs both with io_uring: ours-uring (--engine uring) and qsd-uring
-# (aio=io_uring,cache.direct=on). Workloads: null:
-# 4 KiB randread at depth 1, 32 and 128; file: 4 KiB randread and randwrite at
-# depth 32; one queue, completion by polling the used ring. Host fio on the
-# same image (libaio, O_DIRECT, same depth, pinned to the generator CPU) gives
-# the disk's own limit, and the generator against its in-process instant
-# device gives the generator's own limit.
+# (aio=io_uring,cache.direct=on). "loop": a loop device over a 1 GiB file in
+# /dev/shm (tmpfs), a kernel block device whose speed is memory's and the
+# CPU's, not a disk's. This VM's file store is a virtual disk whose speed
+# swings several-fold from minute to minute; the loop store does not (ours:
+# --backing /dev/loopN; qsd: driver=host_device with the same aio and cache
+# options; both engines, like the file store). Workloads: null: 4 KiB
+# randread at depth 1, 32 and 128; file and loop: 4 KiB randread and
+# randwrite at depth 32; one queue, completion by polling the used ring. Host
+# fio on the same image or device (libaio, O_DIRECT, same depth, pinned to the
+# generator CPU) gives the store's own limit, and the generator against its
+# in-process instant device gives the generator's own limit. (On the loop
+# store the kernel's loop workers copy the data on whichever CPU is free: host
+# fio has one CPU for itself and the other for them, a back-end shares its CPU
+# with them, so there host fio is no bound a back-end can reach on 2 cores and
+# ours/qsd is the figure to read.)
 #
 # Every round runs each workload on every back-end one after the other; the
 # order reverses between rounds (A B C D, D C B A, ...). Each run starts the
@@ -74,7 +83,7 @@ done
 [[ $RAMP =~ ^[0-9]+$ ]] || die "--ramp must be a non-negative number of seconds"
 [[ $POLL_US =~ ^[0-9]+$ ]] || die "--poll-us must be a non-negative integer"
 [[ $BCPU =~ ^[0-9]+$ && $GCPU =~ ^[0-9]+$ ]] || die "--backend-cpu and --generator-cpu take one CPU number"
-[[ -z $ONLY || $ONLY == null || $ONLY == file ]] || die "--only takes null or file"
+[[ -z $ONLY || $ONLY == null || $ONLY == file || $ONLY == loop ]] || die "--only takes null, file or loop"
 
 IMG_MIB=1024       # 1 GiB: 262144 4 KiB blocks for random offsets; written in full in a few seconds
 READY_TIMEOUT=30   # s; a back-end listens well within a second
@@ -84,8 +93,9 @@ POLL=0.02          # s between looks at the socket while a back-end starts
 RUN_TIMEOUT=$((RAMP + RUNTIME + 60))
 # workload = store:rw:depth
 WORKLOADS=()
-[[ $ONLY != file ]] && WORKLOADS+=(null:randread:1 null:randread:32 null:randread:128)
-[[ $ONLY != null ]] && WORKLOADS+=(file:randread:32 file:randwrite:32)
+[[ -z $ONLY || $ONLY == null ]] && WORKLOADS+=(null:randread:1 null:randread:32 null:randread:128)
+[[ -z $ONLY || $ONLY == file ]] && WORKLOADS+=(file:randread:32 file:randwrite:32)
+[[ -z $ONLY || $ONLY == loop ]] && WORKLOADS+=(loop:randread:32 loop:randwrite:32)
 
 bench_cleanup_on_exit
 
@@ -106,7 +116,8 @@ GEN=$WORK/vhost-user-blk-bench
 cp "$ROOT/.build-lg/release/vhost-user-blk-bench" "$GEN"
 DAEMON_SHA=${DAEMON_SHA:0:12}
 
-if [[ $ONLY != null ]]; then bench_image "$IMG" "$IMG_MIB"; fi
+if [[ -z $ONLY || $ONLY == file ]]; then bench_image "$IMG" "$IMG_MIB"; fi
+if [[ -z $ONLY || $ONLY == loop ]]; then bench_loop_device "$IMG_MIB"; fi
 
 # The back-ends each store is measured on.
 BACKENDS_null=(ours qsd)
@@ -122,10 +133,11 @@ start_backend() {
             taskset -c "$BCPU" "$DAEMON" --socket "$SOCK" --engine null --size "${IMG_MIB}M" --queues 1 \
                 --cpus "$BCPU" --poll-us "$POLL_US" </dev/null >"$blog" 2>&1 &
             ;;
-        ours:file | ours-uring:file)
-            local engine=aio
+        ours:file | ours-uring:file | ours:loop | ours-uring:loop)
+            local engine=aio backing=$IMG
             [[ $which == ours-uring ]] && engine=uring
-            taskset -c "$BCPU" "$DAEMON" --socket "$SOCK" --backing "$IMG" --engine "$engine" --queues 1 \
+            [[ $store == loop ]] && backing=$LOOPDEV
+            taskset -c "$BCPU" "$DAEMON" --socket "$SOCK" --backing "$backing" --engine "$engine" --queues 1 \
                 --cpus "$BCPU" --poll-us "$POLL_US" </dev/null >"$blog" 2>&1 &
             ;;
         qsd:null)
@@ -137,6 +149,15 @@ start_backend() {
             ;;
         qsd:file)
             start_qsd "$SOCK" "$IMG" 1 "$blog"
+            ;;
+        qsd:loop | qsd-uring:loop)
+            # start_qsd's options on the block device (host_device: QEMU's driver for one).
+            local aio=native
+            [[ $which == qsd-uring ]] && aio=io_uring
+            qemu-storage-daemon \
+                --blockdev "driver=host_device,node-name=f0,filename=$LOOPDEV,aio=$aio,cache.direct=on,discard=unmap" \
+                --export "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=$SOCK,writable=on,num-queues=1" \
+                </dev/null >"$blog" 2>&1 &
             ;;
         qsd-uring:file)
             # start_qsd's blockdev with QEMU's io_uring back-end instead of Linux AIO.
@@ -180,7 +201,9 @@ run_one() {
 fio_one() {
     local store rw depth round=$2 out
     IFS=: read -r store rw depth <<<"$1"
-    out=$(timeout "$RUN_TIMEOUT" taskset -c "$GCPU" fio --name=host --filename="$IMG" --direct=1 --ioengine=libaio \
+    local target=$IMG
+    [[ $store == loop ]] && target=$LOOPDEV
+    out=$(timeout "$RUN_TIMEOUT" taskset -c "$GCPU" fio --name=host --filename="$target" --direct=1 --ioengine=libaio \
         --rw="$rw" --bs=4k --iodepth="$depth" --time_based --ramp_time="$RAMP" --runtime="$RUNTIME" \
         --output-format=json)
     jq -c --arg w "$1" --argjson r "$round" --arg rw "$rw" '
@@ -205,14 +228,14 @@ self_one() {
 for ((round = 1; round <= ROUNDS; round++)); do
     self_one "$round"
     for w in "${WORKLOADS[@]}"; do
-        if [[ $w == file:* ]]; then order=("${BACKENDS_file[@]}"); else order=("${BACKENDS_null[@]}"); fi
+        if [[ $w == null:* ]]; then order=("${BACKENDS_null[@]}"); else order=("${BACKENDS_file[@]}"); fi
         if ((round % 2 == 0)); then
             reversed=()
             for ((i = ${#order[@]} - 1; i >= 0; i--)); do reversed+=("${order[i]}"); done
             order=("${reversed[@]}")
         fi
         for b in "${order[@]}"; do run_one "$b" "$w" "$round"; done
-        [[ $w == file:* ]] && fio_one "$w" "$round"
+        [[ $w == null:* ]] || fio_one "$w" "$round"
     done
 done
 
@@ -255,13 +278,13 @@ jq -r '
     | "| " + join(" | ") + " |"' <<<"$MEDIANS"
 if ((URING)) && [[ $ONLY != null ]]; then
     echo
-    echo "File store, Linux AIO against io_uring (ours: --engine aio|uring; qsd: aio=native|io_uring):"
+    echo "File and loop stores, Linux AIO against io_uring (ours: --engine aio|uring; qsd: aio=native|io_uring):"
     echo
     echo "| workload | back-end | IOPS | p50 µs | p99 µs | CPU µs/IO | vs host fio |"
     echo "|---|---|---:|---:|---:|---:|---:|"
     jq -r '
         def f(d): if . == null then "–" else (. * pow(10; d) | round) / pow(10; d) | tostring end;
-        (map(select(.workload | startswith("file:"))) | group_by(.workload))[] |
+        (map(select(.workload | startswith("file:") or startswith("loop:"))) | group_by(.workload))[] |
         (map({key: .backend, value: .}) | from_entries) as $m |
         ("ours", "ours-uring", "qsd", "qsd-uring") as $b | select($m[$b]) |
         [$m[$b].workload, $b, ($m[$b].iops | f(0)), ($m[$b].p50_us | f(2)), ($m[$b].p99_us | f(2)),

@@ -22,6 +22,8 @@ bench_cleanup() {
         wait "$CPID" 2>/dev/null || true
     fi
     [[ -n $BPID ]] && stop_process "$BPID"
+    [[ -n ${LOOPDEV:-} ]] && losetup -d "$LOOPDEV"
+    [[ -n ${LOOPIMG:-} ]] && rm -f "$LOOPIMG"
     [[ -n $WORK ]] && rm -rf "$WORK"
     log "elapsed $((SECONDS - T_START))s"
     exit "$rc"
@@ -72,4 +74,15 @@ bench_image() {
     log "creating a $2 MiB image at $1"
     fallocate -l "$2M" "$1"
     dd if=/dev/zero of="$1" bs=1M count="$2" oflag=direct conv=notrunc,fsync status=none
+}
+
+# bench_loop_device MIB: a loop device (LOOPDEV) over a file of MIB MiB in /dev/shm (LOOPIMG), written
+# in full so every page exists; bench_cleanup detaches and removes both. A memory-speed kernel block
+# device: what a back-end adds shows without a disk's swings. Needs root and loop support.
+# shellcheck disable=SC2034 # LOOPDEV is read by the scripts that source this file
+bench_loop_device() {
+    LOOPIMG=$(mktemp /dev/shm/vub-loop.XXXXXX)
+    log "creating a $1 MiB loop device over $LOOPIMG"
+    dd if=/dev/zero of="$LOOPIMG" bs=1M count="$1" status=none
+    LOOPDEV=$(losetup --find --show "$LOOPIMG") || { LOOPDEV=''; die "losetup failed (the loop store needs root and loop devices)"; }
 }
