@@ -93,6 +93,13 @@ public enum CPUTopology {
 
     public static var currentCPU: Int { Int(cvh_current_cpu()) }
 
+    /// The CPUs the calling thread may run on (its own affinity, which may differ from the process's).
+    public static func currentThreadCPUs() -> [Int] {
+        var buf = [Int32](repeating: 0, count: 1024) // CPU_SETSIZE ids, as allowedCPUs
+        let n = buf.withUnsafeMutableBufferPointer { cvh_thread_cpus(pthread_self(), $0.baseAddress, Int32($0.count)) }
+        return n > 0 ? buf.prefix(Int(n)).map(Int.init) : []
+    }
+
     /// Lets the calling thread run on any of `cpus` (replacing a pin); 0 or an errno value.
     public static func setCurrentThreadCPUs(_ cpus: [Int]) -> Int32 {
         let ids = cpus.map(Int32.init)

@@ -13,8 +13,9 @@
 /// The worker samples every `intervalNanoseconds`; samples add up until they hold enough time to
 /// judge (`minimumWantedNanoseconds` wanted), which for a busy worker is one sample. A worker that
 /// wants little (it sleeps at once, and its requests are light) is judged once a second on what it
-/// has, and only ever found quiet that way, never shared: a capped window must not stay capped just
-/// because the queue it serves is light.
+/// has, and can never be found shared that way (only quiet, or not quiet): a capped window must
+/// not stay capped just because the queue it serves is light, and a few unlucky wake-ups are no
+/// evidence of a shared CPU.
 ///
 /// Hysteresis: the worker becomes shared on one judgement at or above `sharedPercent`, and dedicated
 /// again only after `quietIntervals` judgements in a row under `quietPercent`. Each return to shared
@@ -100,14 +101,17 @@ public struct SharedCoreDetector: Sendable, Equatable {
 /// What a worker does while its CPU is shared (`SharedCoreDetector`).
 public struct SharedCoreResponse: Sendable, Equatable {
     /// The CPUs a pinned worker may run on while shared (nil: it stays where it is). It is pinned back
-    /// when its CPU looks dedicated again.
+    /// after a quiet spell; since the quiet was measured wherever the scheduler ran it, that is a
+    /// probe of its old CPU, and finding that CPU still busy doubles the next spell. A worker whose
+    /// affinity someone else changed is neither floated nor pinned back.
     public var floatOver: [Int]?
     /// The poll window's ceiling while shared.
     public var pollCeilingNanoseconds: UInt64
 
     /// A poll no longer than the window's first step (4 µs) costs less than the sleep it may save
     /// (`PollWindow.firstStepNanoseconds`), so it cannot take more from a waiting vCPU than sleeping
-    /// at once would; guest runs on shared cores were fastest with 5 µs (bench/README.md).
+    /// at once would. (Guest runs on shared cores with `--poll-us 5` beat 50 µs on IOPS and CPU per
+    /// I/O, bench/README.md, "Pinned or floating workers".)
     public static let defaultPollCeilingNanoseconds = PollWindow.firstStepNanoseconds
 
     public init(floatOver: [Int]?, pollCeilingNanoseconds: UInt64 = SharedCoreResponse.defaultPollCeilingNanoseconds) {

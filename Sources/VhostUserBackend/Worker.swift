@@ -19,7 +19,8 @@ final class Worker<H: QueueHandler> {
     /// kick, stop and (with storage in flight) completion fds for poll(2); used by the worker only.
     private let pollFDs: UnsafeMutablePointer<pollfd>
     /// [0] the poll window, [1] sleeps so far, [2] 1 while the worker finds its CPU shared: stored by
-    /// the worker when they change (at most once per sleep), readable from any thread while it runs.
+    /// the worker when they change (at most once per sleep, or per shared-CPU judgement), readable
+    /// from any thread while it runs.
     private let gauges: UnsafeMutablePointer<UInt64>
     private static var gaugeCount: Int { 3 }
     private var thread: PinnedThread?
@@ -139,7 +140,9 @@ final class Worker<H: QueueHandler> {
         var idleUntilEvent: UInt64?
         // Opened here, on the worker's own thread: /proc/thread-self names the opener.
         let schedStat = window == nil && policy.sharedCore == nil ? nil : ThreadSchedStat()
-        var core = CoreWatch(detector: policy.sharedCore == nil || schedStat == nil ? nil : SharedCoreDetector())
+        // A worker that never sleeps (no window: --poll-us 0, or no kick fd) spins wherever it is put;
+        // moving a full-time spinner around would only take a second core from the vCPUs.
+        var core = CoreWatch(detector: policy.sharedCore == nil || schedStat == nil || window == nil ? nil : SharedCoreDetector())
         handler.stopSleeping()
         while !stopRequested {
             if broken {
@@ -218,47 +221,78 @@ final class Worker<H: QueueHandler> {
         /// When `last` was read.
         var judgedAt: UInt64 = 0
         var last: ThreadSchedStat.Sample?
-        /// Whether the worker moved off its pinned CPU (`SharedCoreResponse.floatOver`).
-        var floating = false
+        var placement = Placement.asStarted
     }
 
-    /// Hands the detector the interval since the last sample and applies a change of state: while the CPU is
-    /// shared, the poll window is capped and a pinned worker may float (`SharedCoreResponse`).
-    /// Rare (a state change, at most once per judged interval) and off the request path: it may log.
+    /// Where a worker with a pinned CPU and a `floatOver` set runs.
+    private enum Placement: Equatable {
+        /// On its pinned CPU.
+        case asStarted
+        /// Over `floatOver`, while its CPU is shared.
+        case floating
+        /// Someone else changed the thread's affinity (taskset -p, a management tool): theirs to keep.
+        case leftAlone
+    }
+
+    /// Hands the detector the interval since the last sample and applies a change of state: while the
+    /// CPU is shared, the poll window is capped and a pinned worker may float (`SharedCoreResponse`).
+    /// Rare (a state change, at most once per judgement) and off the request path: it may log.
     private func judgeCore(_ core: inout CoreWatch, sample: ThreadSchedStat.Sample, now: UInt64, window: inout PollWindow?) {
         defer {
             core.last = sample
             core.judgedAt = now
         }
+        // The kernel adds each run delay as the difference of two runqueue clocks, which after a
+        // migration may be two CPUs' clocks: a counter can step back. Such an interval is skipped
+        // (the sample becomes the new base) rather than read as a wrapped 2^64.
         guard let last = core.last, let response = policy.sharedCore,
-              let change = core.detector?.sample(onCPU: sample.onCPU &- last.onCPU, runDelay: sample.runDelay &- last.runDelay,
+              sample.onCPU >= last.onCPU, sample.runDelay >= last.runDelay,
+              let change = core.detector?.sample(onCPU: sample.onCPU - last.onCPU, runDelay: sample.runDelay - last.runDelay,
                                                  elapsed: now &- core.judgedAt),
               let detector = core.detector else { return }
         switch change {
         case .becameShared:
             window?.limit(to: response.pollCeilingNanoseconds)
             var moved = ""
-            if let cpus = response.floatOver, let pinned = policy.cpu, cpus != [pinned] {
-                let r = CPUTopology.setCurrentThreadCPUs(cpus)
-                if r == 0 {
-                    core.floating = true
-                    moved = "; it now runs on any of CPUs \(cpus)"
+            if let cpus = response.floatOver, let pinned = policy.cpu, cpus != [pinned], core.placement == .asStarted {
+                // Only a thread still where the worker put it: an affinity set from outside stays.
+                let current = CPUTopology.currentThreadCPUs()
+                if current != [pinned] {
+                    core.placement = .leftAlone
+                    moved = "; its affinity was set from outside (CPUs \(current)), so the daemon leaves its placement alone"
                 } else {
-                    moved = "; moving it to CPUs \(cpus) failed (errno \(r))"
+                    let r = CPUTopology.setCurrentThreadCPUs(cpus)
+                    if r == 0 {
+                        core.placement = .floating
+                        moved = "; it may now run on any of CPUs \(cpus) until a quiet spell, when it tries CPU \(pinned) again"
+                    } else {
+                        moved = "; moving it to CPUs \(cpus) failed (errno \(r))"
+                    }
                 }
             }
             let whereNow = policy.cpu.map { "its CPU \($0)" } ?? "the CPUs it runs on"
-            let message: Logger.Message = "queue \(index): \(whereNow) is shared (it waited \(detector.lastWaitPercent) % of the time it wanted to run); polling at most \(response.pollCeilingNanoseconds / 1000) µs\(moved). Workers on CPUs of their own (--cpus LIST) keep their placement and poll window."
-            // The first time at info: it explains a placement the operator did not choose; later
-            // swings (at most one per quiet period, which doubles each time) at debug.
-            if detector.spells == 1 { logger.info(message) } else { logger.debug(message) }
+            // The first time in a worker's run at info: it explains a placement the operator did not
+            // choose; later swings (at most one per quiet spell, which doubles each time) at debug.
+            logger.log(level: detector.spells == 1 ? .info : .debug, "queue \(index): \(whereNow) is shared (it waited \(detector.lastWaitPercent) % of the time it wanted to run); polling at most \(response.pollCeilingNanoseconds / 1000) µs\(moved). Workers on CPUs named with --cpus LIST keep their placement and poll window.")
         case .becameDedicated:
             window?.removeLimit()
-            if core.floating, let pinned = policy.cpu {
-                _ = cvh_pin_current_thread(Int32(pinned))
-                core.floating = false
+            var moved = ""
+            if core.placement == .floating, let pinned = policy.cpu, let cpus = response.floatOver {
+                let current = CPUTopology.currentThreadCPUs()
+                if current != cpus {
+                    core.placement = .leftAlone
+                    moved = "; its affinity was set from outside (CPUs \(current)), so the daemon leaves its placement alone"
+                } else {
+                    let r = cvh_pin_current_thread(Int32(pinned))
+                    if r == 0 {
+                        core.placement = .asStarted
+                        moved = ", pinned to CPU \(pinned) again"
+                    } else {
+                        moved = "; pinning it to CPU \(pinned) again failed (errno \(r)), it stays on CPUs \(cpus)"
+                    }
+                }
             }
-            logger.debug("queue \(index): its CPU looks dedicated again (waited \(detector.lastWaitPercent) %); polling up to \((window?.maximum ?? 0) / 1000) µs\(policy.cpu.map { ", pinned to CPU \($0)" } ?? "")")
+            logger.debug("queue \(index): quiet again (waited \(detector.lastWaitPercent) %); polling up to \((window?.maximum ?? 0) / 1000) µs\(moved)")
         }
         cvh_store_release_u64(gauges, window?.current ?? 0)
         cvh_store_release_u64(gauges + 2, change == .becameShared ? 1 : 0)

@@ -110,16 +110,25 @@ public final class VirtioBlkDevice<E: BlockEngine>: VhostUserDevice {
 
     public func workerPolicy(queue index: Int) -> WorkerPolicy {
         let window: UInt64? = configuration.pollMicroseconds == 0 ? nil : UInt64(configuration.pollMicroseconds) * 1000
+        let cpu = cpus.isEmpty ? nil : cpus[index % cpus.count]
         // CPUs the operator named are taken as dedicated: their workers keep their pin and window.
-        // Placement left to the daemon, or to the scheduler, adapts to a CPU found shared.
-        let sharedCore: SharedCoreResponse?
+        // Placement left to the daemon, or to the scheduler, adapts to a CPU found shared. A worker
+        // never sleeps without a window (--poll-us 0): there is nothing to adapt.
+        var sharedCore: SharedCoreResponse?
         switch configuration.cpus {
-        case .pinned: sharedCore = nil
-        case .automatic: sharedCore = SharedCoreResponse(floatOver: cpus.count > 1 ? cpus : nil)
-        case .unpinned: sharedCore = SharedCoreResponse(floatOver: nil)
+        case .pinned:
+            sharedCore = nil
+        case .automatic:
+            // Floating stays on the pinned CPU's NUMA node, where the queue's state was allocated
+            // (makeQueue); with no node known, over every CPU the daemon placed workers on.
+            let node = cpu.flatMap(CPUTopology.numaNode(ofCPU:))
+            let near = node == nil ? cpus : cpus.filter { CPUTopology.numaNode(ofCPU: $0) == node }
+            sharedCore = SharedCoreResponse(floatOver: near.count > 1 ? near : nil)
+        case .unpinned:
+            sharedCore = SharedCoreResponse(floatOver: nil)
         }
-        return WorkerPolicy(cpu: cpus.isEmpty ? nil : cpus[index % cpus.count], pollWindowNanoseconds: window,
-                            sharedCore: sharedCore)
+        if window == nil { sharedCore = nil }
+        return WorkerPolicy(cpu: cpu, pollWindowNanoseconds: window, sharedCore: sharedCore)
     }
 }
 

@@ -29,6 +29,32 @@ struct PlacementTests {
         return last
     }
 
+    /// The id of the daemon's thread named `name`.
+    static func threadID(of daemon: TestDaemon, thread name: String) throws -> String {
+        let pid = daemon.process.pid
+        for t in threadIDs(pid) {
+            let path = "/proc/\(pid)/task/\(t)/status"
+            if let status = readStatus(path), try statusFields(status, "Name", of: path) == [name] { return t }
+        }
+        throw IntegrationFailure(description: "no thread \(name) in the daemon\n\(daemon.context())")
+    }
+
+    /// Runs `taskset -p -c CPUS TID`, as an operator or a management tool would; its exit status.
+    static func taskset(_ cpus: String, thread tid: String) -> Int32 {
+        let args = ["taskset", "-p", "-c", cpus, tid]
+        var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        var pid: pid_t = 0
+        guard posix_spawnp(&pid, "taskset", &actions, nil, &argv, environ) == 0 else { return -1 }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return status
+    }
+
     @Test("--cpus LIST pins each queue's worker to one CPU of it; --cpus none pins none")
     func pinnedOrFloating() throws {
         let cpus = CPUTopology.allowedCPUs()
@@ -93,6 +119,36 @@ struct PlacementTests {
             }
             #expect(!named.process.stderr.contains("is shared"))
             #expect(try Self.allowedCPUs(of: named, thread: "vq0") == String(cpu))
+        }
+    }
+
+    /// Someone else moved the worker (`taskset -p`, a management tool): the daemon still caps its poll
+    /// on a shared CPU, but neither floats it nor pins it back.
+    @Test("a worker whose affinity was set from outside keeps it", .enabled(if: CPUTopology.allowedCPUs().count >= 2, "needs two CPUs"))
+    func affinitySetFromOutside() throws {
+        let daemon = try TestDaemon.file(engine: "aio", queues: 1)
+        let s = try daemon.session(queues: 1)
+        try daemon.run(s.frontend) { () throws in
+            #expect(try writeReadVerify(s.driver, sector: 0, sectors: 8, seed: 7) == nil)
+            let placed = try Self.allowedCPUs(of: daemon, thread: "vq0")
+            let cpu = try #require(Int(placed))
+            let other = try #require(CPUTopology.allowedCPUs().first { $0 != cpu })
+            #expect(Self.taskset(String(other), thread: try Self.threadID(of: daemon, thread: "vq0")) == 0)
+            let hog = try CPUHog(cpu: other)
+            defer { hog.stop() }
+            // At least a second of requests (ten judgements), until the worker has said what it did.
+            let minimum = Deadline(milliseconds: 1_000), deadline = Deadline(milliseconds: 10_000)
+            while !(minimum.expired && daemon.process.stderr.contains("set from outside")), !deadline.expired {
+                #expect(try s.driver.flush().status == .ok)
+                usleep(100)
+            }
+            // On a loaded machine the worker may have found its CPU shared, and floated, before the
+            // taskset: then it says so only when it would pin back (at debug). Either way the
+            // affinity stays what the taskset made it.
+            if !daemon.process.stderr.contains("may now run on any") {
+                #expect(daemon.process.stderr.contains("its affinity was set from outside"), "\(daemon.context(s.frontend))")
+            }
+            #expect(try Self.allowedCPUs(of: daemon, thread: "vq0") == String(other))
         }
     }
 }

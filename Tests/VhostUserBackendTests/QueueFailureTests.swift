@@ -89,3 +89,39 @@ import VhostUserTesting
     // Workers go round robin over the CPUs given.
     #expect(rw.workerPolicy(queue: 0).cpu == 1 && rw.workerPolicy(queue: 1).cpu == 0 && rw.workerPolicy(queue: 2).cpu == 1)
 }
+
+/// Who watches for a shared CPU, and where a worker may float: only placement the operator left to the
+/// daemon or the scheduler adapts, only a worker that sleeps, and floating stays among the CPUs the
+/// daemon placed workers on.
+@Test func workerPoliciesAdaptOnlyWherePlacementWasLeftToTheDaemon() throws {
+    func policy(_ cpus: WorkerCPUs, placed: [Int], pollMicroseconds: Int = 50, queue: Int = 0) throws -> WorkerPolicy {
+        let backing = BackingOptions(createSize: 1 << 20, engine: .memory)
+        var c = DaemonConfiguration(listen: .path("/unused"), backing: backing)
+        c.cpus = cpus
+        c.pollMicroseconds = pollMicroseconds
+        let store = try BackingStore.open(backing)
+        return VirtioBlkDevice(store: store, configuration: c, cpus: placed) { try MemoryEngine(store: store, depth: $0) }
+            .workerPolicy(queue: queue)
+    }
+    let named = try policy(.pinned([1, 0]), placed: [1, 0], queue: 1)
+    #expect(named.cpu == 0)
+    #expect(named.sharedCore == nil)
+
+    // On a single-node machine (this one) the whole placement set; on more nodes, the pinned CPU's node.
+    let automatic = try policy(.automatic, placed: [0, 1], queue: 1)
+    #expect(automatic.cpu == 1)
+    let floatOver = try #require(automatic.sharedCore?.floatOver)
+    #expect(floatOver.contains(1) && Set(floatOver).isSubset(of: [0, 1]))
+    #expect(automatic.sharedCore?.pollCeilingNanoseconds == SharedCoreResponse.defaultPollCeilingNanoseconds)
+    // One CPU to place on: nowhere to float, the poll is still capped.
+    let single = try policy(.automatic, placed: [0])
+    #expect(single.sharedCore != nil && single.sharedCore?.floatOver == nil)
+
+    let unpinned = try policy(.unpinned, placed: [])
+    #expect(unpinned.cpu == nil)
+    #expect(unpinned.sharedCore != nil && unpinned.sharedCore?.floatOver == nil)
+
+    // A worker that never sleeps has no window to cap and is not moved.
+    #expect(try policy(.automatic, placed: [0, 1], pollMicroseconds: 0).sharedCore == nil)
+    #expect(try policy(.unpinned, placed: [], pollMicroseconds: 0).sharedCore == nil)
+}
