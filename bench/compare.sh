@@ -42,8 +42,9 @@
 # --backend-pid (back-end CPU seconds per I/O from /proc/PID/stat over the
 # measured interval) and stops the back-end (it must exit 0 on SIGTERM).
 #
-# Prints a markdown report (machine, medians, ratios ours/qsd) on stdout and
-# writes every run and the medians to
+# Prints a markdown report (machine, medians, ratios ours/qsd: of the medians,
+# and the median of each round's own ratio, with the rounds' ratios) on stdout
+# and writes every run, the medians and the per-round ratios to
 # bench/results/compare-<UTC date-time>.json. Progress goes to stderr.
 #
 # Environment:
@@ -249,11 +250,23 @@ MEDIANS=$(jq -s '
         p50_us: (map(.latency.p50_us) | median), p99_us: (map(.latency.p99_us) | median),
         cpu_us_per_io: (map(.backend_cpu_us_per_io) | if any(. == null) then null else median end),
         load1: (map(.load1 // 0) | median)})' "$RUNS")
-jq -n --slurpfile runs "$RUNS" --argjson medians "$MEDIANS" \
+# The median over rounds of ours/qsd within each round: both ran back to back there, so a drift of
+# the machine between rounds (this VM's vCPUs change speed several-fold when the host moves them)
+# cancels, where a ratio of the two medians can pair one back-end's fast rounds with the other's
+# slow ones.
+PAIRED=$(jq -s '
+    def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    map(select(.backend == "ours" or .backend == "qsd")) | group_by(.workload) | map({
+        workload: .[0].workload,
+        ratios: (group_by(.round) | map(map({key: .backend, value: .iops}) | from_entries
+            | select(.ours != null and .qsd != null and .qsd > 0) | .ours / .qsd))}
+        | . + {median: (.ratios | if length > 0 then median else null end)})' "$RUNS")
+jq -n --slurpfile runs "$RUNS" --argjson medians "$MEDIANS" --argjson paired "$PAIRED" \
     --arg daemon_sha "$DAEMON_SHA" --arg daemon_built "$DAEMON_MTIME" --arg checkout "$GIT_COMMIT" \
     --argjson rounds "$ROUNDS" --argjson runtime "$RUNTIME" --argjson ramp "$RAMP" --argjson poll_us "$POLL_US" \
     '{daemon: {sha256_prefix: $daemon_sha, built: $daemon_built, checkout_head: $checkout},
-      rounds: $rounds, runtime_s: $runtime, ramp_s: $ramp, poll_us: $poll_us, medians: $medians, runs: $runs}' >"$OUT_JSON"
+      rounds: $rounds, runtime_s: $runtime, ramp_s: $ramp, poll_us: $poll_us, medians: $medians,
+      paired_ours_over_qsd: $paired, runs: $runs}' >"$OUT_JSON"
 log "wrote $OUT_JSON"
 
 echo "#### vhost-user-blk-bench: ours vs qemu-storage-daemon ($(date -u +%Y-%m-%dT%H:%M:%SZ))"
@@ -264,14 +277,16 @@ echo "- Ours: binary built $DAEMON_MTIME (sha256 $DAEMON_SHA), checkout at $GIT_
 echo "- Back-end on CPU $BCPU, generator (and host fio) on CPU $GCPU; 4 KiB, 1 queue, poll completion;"
 echo "  $RUNTIME s + $RAMP s ramp per run; medians of $ROUNDS alternating round(s); raw: ${OUT_JSON#"$ROOT"/bench/}"
 echo
-echo "| workload | ours IOPS | qsd IOPS | ours/qsd | ours p50 µs | qsd p50 µs | ours p99 µs | qsd p99 µs | ours CPU µs/IO | qsd CPU µs/IO | host fio IOPS | ours/fio |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-jq -r '
+echo "| workload | ours IOPS | qsd IOPS | ours/qsd | ours/qsd per round | ours p50 µs | qsd p50 µs | ours p99 µs | qsd p99 µs | ours CPU µs/IO | qsd CPU µs/IO | host fio IOPS | ours/fio |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+jq -r --argjson paired "$PAIRED" '
     def f(d): if . == null then "–" else (. * pow(10; d) | round) / pow(10; d) | tostring end;
     (map(select(.backend != "self")) | group_by(.workload))[] |
     (map({key: .backend, value: .}) | from_entries) as $m |
+    ($paired | map(select(.workload == $m.ours.workload)) | first) as $p |
     [$m.ours.workload,
      ($m.ours.iops | f(0)), ($m.qsd.iops | f(0)), (($m.ours.iops / $m.qsd.iops) | f(2)),
+     (($p.median | f(2)) + " (" + ($p.ratios | map(f(2)) | join(", ")) + ")"),
      ($m.ours.p50_us | f(2)), ($m.qsd.p50_us | f(2)), ($m.ours.p99_us | f(2)), ($m.qsd.p99_us | f(2)),
      ($m.ours.cpu_us_per_io | f(3)), ($m.qsd.cpu_us_per_io | f(3)),
      ($m.fio.iops | f(0)), (if $m.fio then ($m.ours.iops / $m.fio.iops | f(3)) else null | f(0) end)]
