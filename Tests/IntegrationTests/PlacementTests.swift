@@ -29,6 +29,29 @@ struct PlacementTests {
         return last
     }
 
+    /// A daemon that placed its one queue's worker itself, serving a session that has written and read
+    /// back once; `body` runs with them and the CPU the worker was pinned to.
+    static func withPlacedWorker(seed: UInt64, _ body: (TestDaemon, Session, Int) throws -> Void) throws {
+        let daemon = try TestDaemon.file(engine: "aio", queues: 1)
+        let s = try daemon.session(queues: 1)
+        try daemon.run(s.frontend) { () throws in
+            #expect(try writeReadVerify(s.driver, sector: 0, sectors: 8, seed: seed) == nil)
+            let placed = try allowedCPUs(of: daemon, thread: "vq0")
+            let cpu = try #require(Int(placed), "automatic placement pins each worker to one CPU, got \(placed)")
+            try body(daemon, s, cpu)
+        }
+    }
+
+    /// Flushes, one at a time ~100 µs apart, for at least `minimumMs` and then until `done` holds or
+    /// `timeoutMs` has passed.
+    static func flush(_ driver: BlkDriver, minimumMs: Int = 0, timeoutMs: Int, until done: () -> Bool) throws {
+        let minimum = Deadline(milliseconds: minimumMs), deadline = Deadline(milliseconds: timeoutMs)
+        while !(minimum.expired && done()), !deadline.expired {
+            #expect(try driver.flush().status == .ok)
+            usleep(100)
+        }
+    }
+
     /// The id of the daemon's thread named `name`.
     static func threadID(of daemon: TestDaemon, thread name: String) throws -> String {
         let pid = daemon.process.pid
@@ -85,22 +108,13 @@ struct PlacementTests {
     @Test("an automatically placed worker floats off a CPU another thread takes; one on a named CPU stays",
           .enabled(if: CPUTopology.allowedCPUs().count >= 2, "needs two CPUs"))
     func sharedCPU() throws {
-        let automatic = try TestDaemon.file(engine: "aio", queues: 1)
-        let a = try automatic.session(queues: 1)
-        try automatic.run(a.frontend) { () throws in
-            #expect(try writeReadVerify(a.driver, sector: 0, sectors: 8, seed: 5) == nil)
-            let placed = try Self.allowedCPUs(of: automatic, thread: "vq0")
-            let cpu = try #require(Int(placed), "automatic placement pins each worker to one CPU, got \(placed)")
+        try Self.withPlacedWorker(seed: 5) { automatic, a, cpu in
             let hog = try CPUHog(cpu: cpu)
             defer { hog.stop() }
-            let deadline = Deadline(milliseconds: 10_000)
-            while !automatic.process.stderr.contains("is shared"), !deadline.expired {
-                #expect(try a.driver.flush().status == .ok)
-                usleep(100)
-            }
+            try Self.flush(a.driver, timeoutMs: 10_000) { automatic.process.stderr.contains("is shared") }
             #expect(automatic.process.stderr.contains("queue 0: its CPU \(cpu) is shared"), "\(automatic.context(a.frontend))")
             let floating = try Self.allowedCPUs(of: automatic, thread: "vq0", expecting: nil)
-            #expect(floating != placed && floating.count > 1, "still on \(floating)")
+            #expect(floating != String(cpu) && floating.count > 1, "still on \(floating)")
             #expect(try writeReadVerify(a.driver, sector: 64, sectors: 8, seed: 6) == nil)
         }
 
@@ -111,12 +125,8 @@ struct PlacementTests {
             #expect(try Self.allowedCPUs(of: named, thread: "vq0", expecting: String(cpu)) == String(cpu))
             let hog = try CPUHog(cpu: cpu)
             defer { hog.stop() }
-            // A second of requests: ten judged intervals, had it been watching.
-            let deadline = Deadline(milliseconds: 1_000)
-            while !deadline.expired {
-                #expect(try n.driver.flush().status == .ok)
-                usleep(100)
-            }
+            // A second of requests: ten judgements, had it been watching.
+            try Self.flush(n.driver, minimumMs: 1_000, timeoutMs: 1_000) { true }
             #expect(!named.process.stderr.contains("is shared"))
             #expect(try Self.allowedCPUs(of: named, thread: "vq0") == String(cpu))
         }
@@ -126,22 +136,13 @@ struct PlacementTests {
     /// on a shared CPU, but neither floats it nor pins it back.
     @Test("a worker whose affinity was set from outside keeps it", .enabled(if: CPUTopology.allowedCPUs().count >= 2, "needs two CPUs"))
     func affinitySetFromOutside() throws {
-        let daemon = try TestDaemon.file(engine: "aio", queues: 1)
-        let s = try daemon.session(queues: 1)
-        try daemon.run(s.frontend) { () throws in
-            #expect(try writeReadVerify(s.driver, sector: 0, sectors: 8, seed: 7) == nil)
-            let placed = try Self.allowedCPUs(of: daemon, thread: "vq0")
-            let cpu = try #require(Int(placed))
+        try Self.withPlacedWorker(seed: 7) { daemon, s, cpu in
             let other = try #require(CPUTopology.allowedCPUs().first { $0 != cpu })
             #expect(Self.taskset(String(other), thread: try Self.threadID(of: daemon, thread: "vq0")) == 0)
             let hog = try CPUHog(cpu: other)
             defer { hog.stop() }
             // At least a second of requests (ten judgements), until the worker has said what it did.
-            let minimum = Deadline(milliseconds: 1_000), deadline = Deadline(milliseconds: 10_000)
-            while !(minimum.expired && daemon.process.stderr.contains("set from outside")), !deadline.expired {
-                #expect(try s.driver.flush().status == .ok)
-                usleep(100)
-            }
+            try Self.flush(s.driver, minimumMs: 1_000, timeoutMs: 10_000) { daemon.process.stderr.contains("set from outside") }
             // On a loaded machine the worker may have found its CPU shared, and floated, before the
             // taskset: then it says so only when it would pin back (at debug). Either way the
             // affinity stays what the taskset made it.
