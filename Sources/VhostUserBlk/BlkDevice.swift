@@ -119,11 +119,19 @@ public final class VirtioBlkDevice<E: BlockEngine>: VhostUserDevice {
         case .pinned:
             sharedCore = nil
         case .automatic:
-            // Floating stays on the pinned CPU's NUMA node, where the queue's state was allocated
-            // (makeQueue); with no node known, over every CPU the daemon placed workers on.
-            let node = cpu.flatMap(CPUTopology.numaNode(ofCPU:))
-            let near = node == nil ? cpus : cpus.filter { CPUTopology.numaNode(ofCPU: $0) == node }
-            sharedCore = SharedCoreResponse(floatOver: near.count > 1 ? near : nil)
+            // A worker floats over its own CPU and those the round robin gave no worker: moving onto
+            // another worker's CPU would only trade one contention for another (guest fio with two
+            // queues on two CPUs, both floating: 0.61x/0.75x qsd's IOPS, against 0.96x/0.89x pinned;
+            // bench/README.md, "Shared cores"). It stays on its NUMA node, where its queue's state
+            // was allocated (makeQueue); with no node known, among every CPU the daemon may place on.
+            if let cpu {
+                let unused = cpus.count > configuration.queues ? Array(cpus.dropFirst(configuration.queues)) : []
+                let node = CPUTopology.numaNode(ofCPU: cpu)
+                let near = [cpu] + unused.filter { node == nil || CPUTopology.numaNode(ofCPU: $0) == node }
+                sharedCore = SharedCoreResponse(floatOver: near.count > 1 ? near.sorted() : nil)
+            } else {
+                sharedCore = SharedCoreResponse(floatOver: nil)
+            }
         case .unpinned:
             sharedCore = SharedCoreResponse(floatOver: nil)
         }

@@ -91,13 +91,14 @@ import VhostUserTesting
 }
 
 /// Who watches for a shared CPU, and where a worker may float: only placement the operator left to the
-/// daemon or the scheduler adapts, only a worker that sleeps, and floating stays among the CPUs the
-/// daemon placed workers on.
+/// daemon or the scheduler adapts, only a worker that sleeps, and floating goes only to CPUs the daemon
+/// placed no other worker on.
 @Test func workerPoliciesAdaptOnlyWherePlacementWasLeftToTheDaemon() throws {
-    func policy(_ cpus: WorkerCPUs, placed: [Int], pollMicroseconds: Int = 50, queue: Int = 0) throws -> WorkerPolicy {
+    func policy(_ cpus: WorkerCPUs, placed: [Int], queues: Int = 2, pollMicroseconds: Int = 50, queue: Int = 0) throws -> WorkerPolicy {
         let backing = BackingOptions(createSize: 1 << 20, engine: .memory)
         var c = DaemonConfiguration(listen: .path("/unused"), backing: backing)
         c.cpus = cpus
+        c.queues = queues
         c.pollMicroseconds = pollMicroseconds
         let store = try BackingStore.open(backing)
         return VirtioBlkDevice(store: store, configuration: c, cpus: placed) { try MemoryEngine(store: store, depth: $0) }
@@ -107,12 +108,19 @@ import VhostUserTesting
     #expect(named.cpu == 0)
     #expect(named.sharedCore == nil)
 
-    // On a single-node machine (this one) the whole placement set; on more nodes, the pinned CPU's node.
-    let automatic = try policy(.automatic, placed: [0, 1], queue: 1)
-    #expect(automatic.cpu == 1)
-    let floatOver = try #require(automatic.sharedCore?.floatOver)
-    #expect(floatOver.contains(1) && Set(floatOver).isSubset(of: [0, 1]))
-    #expect(automatic.sharedCore?.pollCeilingNanoseconds == SharedCoreResponse.defaultPollCeilingNanoseconds)
+    // Two queues on two CPUs: each CPU has its worker, so neither floats; the poll is still capped.
+    for q in 0..<2 {
+        let both = try policy(.automatic, placed: [0, 1], queues: 2, queue: q)
+        #expect(both.cpu == q)
+        #expect(both.sharedCore?.floatOver == nil)
+        #expect(both.sharedCore?.pollCeilingNanoseconds == SharedCoreResponse.defaultPollCeilingNanoseconds)
+    }
+    // One queue on two CPUs: its worker may also use the CPU no worker was placed on, if that is on
+    // its NUMA node (libnuma unavailable counts as one node).
+    let one = try policy(.automatic, placed: [0, 1], queues: 1)
+    #expect(one.cpu == 0)
+    let sameNode = CPUTopology.numaNode(ofCPU: 0) == nil || CPUTopology.numaNode(ofCPU: 0) == CPUTopology.numaNode(ofCPU: 1)
+    #expect(one.sharedCore?.floatOver == (sameNode ? [0, 1] : nil))
     // One CPU to place on: nowhere to float, the poll is still capped.
     let single = try policy(.automatic, placed: [0])
     #expect(single.sharedCore != nil && single.sharedCore?.floatOver == nil)
