@@ -163,27 +163,27 @@ int cvh_set_current_thread_cpus(const int *cpus, int count) {
     }
     return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
 }
+// The CPU ids in `set`, ascending, at most `max` of them; their count.
+static int cpu_ids(const cpu_set_t *set, int *cpus, int max) {
+    int count = 0;
+    for (int i = 0; i < CPU_SETSIZE && count < max; i++) {
+        if (CPU_ISSET(i, set)) cpus[count++] = i;
+    }
+    return count;
+}
 int cvh_thread_cpus(pthread_t thread, int *cpus, int max) {
     cpu_set_t set;
     CPU_ZERO(&set);
     int r = pthread_getaffinity_np(thread, sizeof set, &set);
     if (r != 0) return -r;
-    int count = 0;
-    for (int i = 0; i < CPU_SETSIZE && count < max; i++) {
-        if (CPU_ISSET(i, &set)) cpus[count++] = i;
-    }
-    return count;
+    return cpu_ids(&set, cpus, max);
 }
 int cvh_current_cpu(void) { return sched_getcpu(); }
 int cvh_allowed_cpus(int *cpus, int max) {
     cpu_set_t set;
     CPU_ZERO(&set);
     if (sched_getaffinity(0, sizeof set, &set) < 0) return -errno;
-    int count = 0;
-    for (int i = 0; i < CPU_SETSIZE && count < max; i++) {
-        if (CPU_ISSET(i, &set)) cpus[count++] = i;
-    }
-    return count;
+    return cpu_ids(&set, cpus, max);
 }
 int cvh_accept_cloexec(int sock) {
     int fd;

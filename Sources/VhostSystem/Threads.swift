@@ -61,10 +61,7 @@ public final class PinnedThread: @unchecked Sendable {
     /// The CPUs the thread may run on now (it may change them itself); nil once joined.
     public var allowedCPUs: [Int]? {
         guard !joined else { return nil }
-        // CPU_SETSIZE (1024) ids: the most a cpu_set_t can describe.
-        var buf = [Int32](repeating: 0, count: 1024)
-        let n = buf.withUnsafeMutableBufferPointer { cvh_thread_cpus(thread, $0.baseAddress, Int32($0.count)) }
-        return n > 0 ? buf.prefix(Int(n)).map(Int.init) : nil
+        return CPUTopology.cpuIDs { cvh_thread_cpus(thread, $0, $1) }
     }
 }
 
@@ -73,11 +70,7 @@ public enum CPUTopology {
 
     /// CPUs this process may run on (its affinity mask), in ascending order.
     public static func allowedCPUs() -> [Int] {
-        // CPU_SETSIZE (1024) ids: the most a cpu_set_t can describe.
-        var buf = [Int32](repeating: 0, count: 1024)
-        let n = buf.withUnsafeMutableBufferPointer { cvh_allowed_cpus($0.baseAddress, Int32($0.count)) }
-        guard n > 0 else { return Array(0..<onlineCPUCount) }
-        return buf.prefix(Int(n)).map(Int.init)
+        cpuIDs { cvh_allowed_cpus($0, $1) } ?? Array(0..<onlineCPUCount)
     }
 
     /// CPUs of a NUMA node through libnuma, or nil when NUMA is unavailable or the node is unknown.
@@ -95,9 +88,16 @@ public enum CPUTopology {
 
     /// The CPUs the calling thread may run on (its own affinity, which may differ from the process's).
     public static func currentThreadCPUs() -> [Int] {
-        var buf = [Int32](repeating: 0, count: 1024) // CPU_SETSIZE ids, as allowedCPUs
-        let n = buf.withUnsafeMutableBufferPointer { cvh_thread_cpus(pthread_self(), $0.baseAddress, Int32($0.count)) }
-        return n > 0 ? buf.prefix(Int(n)).map(Int.init) : []
+        cpuIDs { cvh_thread_cpus(pthread_self(), $0, $1) } ?? []
+    }
+
+    /// The CPU ids an affinity reader (`cvh_allowed_cpus`, `cvh_thread_cpus`) fills in; nil when it
+    /// fails or finds none.
+    static func cpuIDs(_ read: (UnsafeMutablePointer<Int32>?, Int32) -> Int32) -> [Int]? {
+        // CPU_SETSIZE (1024) ids: the most a cpu_set_t can describe.
+        var buf = [Int32](repeating: 0, count: 1024)
+        let n = buf.withUnsafeMutableBufferPointer { read($0.baseAddress, Int32($0.count)) }
+        return n > 0 ? buf.prefix(Int(n)).map(Int.init) : nil
     }
 
     /// Lets the calling thread run on any of `cpus` (replacing a pin); 0 or an errno value.

@@ -283,7 +283,7 @@ final class Worker<H: QueueHandler> {
                     core.placement = .leftAlone
                     moved = "; its affinity was set from outside (CPUs \(current)), so the daemon leaves its placement alone"
                 } else {
-                    let r = cvh_pin_current_thread(Int32(pinned))
+                    let r = CPUTopology.setCurrentThreadCPUs([pinned])
                     if r == 0 {
                         core.placement = .asStarted
                         moved = ", pinned to CPU \(pinned) again"
